@@ -1,0 +1,12 @@
+//! # edgeseg-kernels
+//!
+//! Hand-written CUDA kernels for the GPU backend and, for each one, a plain-Rust
+//! CPU reference that is its specification. CUDA C sources live in `kernels/cu/`
+//! and are compiled at run time with NVRTC (through cudarc) for the GPU present
+//! (sm_87 Jetson Orin first); nothing here calls nvcc at build time. The CPU
+//! references (pre-processing, post-processing, the building blocks of SAM-style
+//! encoders and decoders, few-shot heads) are also what the CPU paths of the
+//! runtime and the models use, so that every backend computes the same thing.
+//!
+//! No kernels exist yet; this crate is the home for them and their references.
+#![forbid(unsafe_code)]

@@ -1,0 +1,30 @@
+//! `edgeseg`: the on-device runtime binary.
+//!
+//! Model execution (`segment`, `run`, `bench`) arrives with the CPU-runtime and
+//! streaming work; today the binary reports its version and build features.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "edgeseg", version, about = "edgeseg on-device segmentation runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the runtime version and what this build contains.
+    Info,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info => {
+            println!("edgeseg {}", env!("CARGO_PKG_VERSION"));
+            println!("backends: none yet (tract CPU backend and CUDA backend are not built yet)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! `edgeseg-tools`: offline tools (evaluation today).
+fn main() {}
