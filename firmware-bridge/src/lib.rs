@@ -1,13 +1,34 @@
 //! # edgeseg-bridge
 //!
 //! The protocol shared by edgeseg hosts and scanner firmware: message types
-//! serialized with postcard, framed with COBS and protected with CRC32, the
-//! device-side model-slot state machine for safe, resumable, signed model
-//! flashing, a device simulator, and overlay drawing for small displays.
-//! It is `no_std` by default (heapless buffers, no allocation) so that
-//! microcontroller firmware links the very same code; the host side (serial
-//! transport, simulator) sits behind the `std` feature.
+//! serialized with postcard, protected with CRC32 and framed with COBS
+//! ([`protocol`], [`framing`]); the device-side A/B model-slot state machine
+//! for safe, resumable, signed model flashing ([`device`]); and, behind the
+//! `std` feature, the host upload client and serial transport ([`host`]) and an
+//! in-process device simulator ([`sim`]).
 //!
-//! The protocol is not written yet; this crate is its home.
+//! The crate is `no_std` by default (heapless buffers, no allocation) so that
+//! microcontroller firmware links the very same code. Logging goes through a
+//! small shim: feature `defmt` (firmware) or feature `log` (host), never both.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+
+#[cfg(all(feature = "defmt", feature = "log"))]
+compile_error!(
+    "edgeseg-bridge: features `defmt` and `log` are mutually exclusive; enable one of them"
+);
+
+#[macro_use]
+mod log_shim;
+
+pub mod device;
+pub mod framing;
+pub mod protocol;
+
+#[cfg(feature = "std")]
+pub mod host;
+#[cfg(feature = "std")]
+pub mod sim;
+
+pub use framing::{encode_frame, FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use protocol::{Message, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
