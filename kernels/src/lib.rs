@@ -8,5 +8,9 @@
 //! encoders and decoders, few-shot heads) are also what the CPU paths of the
 //! runtime and the models use, so that every backend computes the same thing.
 //!
-//! No kernels exist yet; this crate is the home for them and their references.
+//! So far it holds the CPU reference of LiteMedSAM's pre- and post-processing
+//! ([`prepost`]) and a minimal `.npy` reader for golden-file tests ([`npy`]).
 #![forbid(unsafe_code)]
+
+pub mod npy;
+pub mod prepost;

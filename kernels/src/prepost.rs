@@ -1,0 +1,531 @@
+//! CPU reference of LiteMedSAM's pre- and post-processing, bit-exact with the
+//! original CVPR24 inference script (`CVPR24_LiteMedSAM_infer.py`: OpenCV
+//! `INTER_AREA`, NumPy normalization, PyTorch `F.interpolate`).
+//!
+//! The step numbers below refer to `shared/golden/litemedsam/README.md`:
+//!
+//! 3. [`longest_side_size`] + [`resize_area_u8`]: longest side to 256 with
+//!    OpenCV's area interpolation.
+//! 4. [`normalize_min_max`]: per-image min–max normalization in f64, cast to f32.
+//! 5. + 6. [`pad_hwc_to_chw`]: zero padding bottom/right to 256×256 and HWC→CHW.
+//! 8. [`box_to_256`], [`point_to_256`]: prompt coordinates in the 256 space.
+//! 11. [`upsample_logits`]: crop the padding away, bilinear resize like
+//!     `F.interpolate(mode="bilinear", align_corners=False)`.
+//! 12. [`threshold_logits`]: logit > 0.
+//!
+//! [`preprocess_rgb`] and [`postprocess_mask`] chain the steps.
+
+/// Side length of the square LiteMedSAM encoder input.
+pub const INPUT_SIZE: usize = 256;
+
+/// Errors from pre- and post-processing (all caused by bad sizes or buffers).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PrepError {
+    /// A buffer does not have the length its dimensions require.
+    #[error("buffer has {got} elements, expected {expected} ({what})")]
+    BadLength {
+        /// What buffer.
+        what: &'static str,
+        /// Elements present.
+        got: usize,
+        /// Elements required.
+        expected: usize,
+    },
+    /// A zero or otherwise unusable size.
+    #[error("invalid size: {0}")]
+    BadSize(String),
+    /// The requested resize is not a shrink on both axes.
+    #[error(
+        "area resize {src_h}x{src_w} -> {dst_h}x{dst_w} enlarges an axis; only shrinking (or identity) is implemented"
+    )]
+    Enlarge {
+        /// Source height.
+        src_h: usize,
+        /// Source width.
+        src_w: usize,
+        /// Destination height.
+        dst_h: usize,
+        /// Destination width.
+        dst_w: usize,
+    },
+}
+
+fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), PrepError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(PrepError::BadLength {
+            what,
+            got,
+            expected,
+        })
+    }
+}
+
+/// Step 3, sizes: the `(newh, neww)` of an `h`×`w` image whose longest side is
+/// resized to `target`.
+///
+/// `scale = target / max(h, w)` in f64, `new = int(old * scale + 0.5)`
+/// (truncation of a positive number, i.e. round half up), exactly as
+/// `resize_longest_side` of the reference does it.
+pub fn longest_side_size(h: usize, w: usize, target: usize) -> (usize, usize) {
+    let scale = target as f64 * 1.0 / h.max(w).max(1) as f64;
+    let newh = (h as f64 * scale + 0.5) as usize;
+    let neww = (w as f64 * scale + 0.5) as usize;
+    (newh, neww)
+}
+
+/// One entry of OpenCV's area-resize table: destination index, source index,
+/// weight (f32, as OpenCV stores it).
+#[derive(Debug, Clone, Copy)]
+struct AreaTab {
+    di: usize,
+    si: usize,
+    alpha: f32,
+}
+
+/// OpenCV `computeResizeAreaTab` for one axis: for each destination index the
+/// source samples it covers with their f32 weights. Partial cells at either end
+/// get a fractional weight; slivers of at most 1e-3 are dropped.
+fn area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<AreaTab> {
+    let mut tab = Vec::with_capacity(ssize * 2);
+    for dx in 0..dsize {
+        let fsx1 = dx as f64 * scale;
+        let fsx2 = fsx1 + scale;
+        let cell = scale.min(ssize as f64 - fsx1);
+        let mut sx1 = fsx1.ceil() as i64;
+        let mut sx2 = fsx2.floor() as i64;
+        sx2 = sx2.min(ssize as i64 - 1);
+        sx1 = sx1.min(sx2);
+        if sx1 as f64 - fsx1 > 1e-3 {
+            tab.push(AreaTab {
+                di: dx,
+                si: (sx1 - 1) as usize,
+                alpha: ((sx1 as f64 - fsx1) / cell) as f32,
+            });
+        }
+        for sx in sx1..sx2 {
+            tab.push(AreaTab {
+                di: dx,
+                si: sx as usize,
+                alpha: (1.0 / cell) as f32,
+            });
+        }
+        if fsx2 - sx2 as f64 > 1e-3 {
+            tab.push(AreaTab {
+                di: dx,
+                si: sx2 as usize,
+                alpha: ((fsx2 - sx2 as f64).min(1.0).min(cell) / cell) as f32,
+            });
+        }
+    }
+    tab
+}
+
+/// `saturate_cast<uchar>(float)`: round half to even, clamp to 0..=255.
+fn saturate_u8(v: f32) -> u8 {
+    v.round_ties_even().clamp(0.0, 255.0) as u8
+}
+
+/// Step 3: OpenCV `cv2.resize(src, (dst_w, dst_h), interpolation=INTER_AREA)` for
+/// a shrink (or identity) of a `u8` image `src_h`×`src_w`×`c` (HWC, row-major),
+/// bit-exact with OpenCV 4.x:
+///
+/// * same size: a copy;
+/// * both scales exact integers (e.g. 512→256): OpenCV's fast path — for 2×2
+///   blocks `(a + b + c + d + 2) >> 2`, otherwise the integer block sum times
+///   `1/area` in f32, rounded half to even;
+/// * otherwise the general path: per-axis weight tables (f32, see `area_tab`),
+///   for each source row `buf[dx] += src[sx] * wx` in f32 in table order, then
+///   `sum[dx] += wy * buf[dx]` in f32, written with round-half-even when the
+///   destination row changes.
+///
+/// Enlarging either axis is not implemented and gives [`PrepError::Enlarge`].
+pub fn resize_area_u8(
+    src: &[u8],
+    src_h: usize,
+    src_w: usize,
+    c: usize,
+    dst_h: usize,
+    dst_w: usize,
+) -> Result<Vec<u8>, PrepError> {
+    if src_h == 0 || src_w == 0 || c == 0 || dst_h == 0 || dst_w == 0 {
+        return Err(PrepError::BadSize(format!(
+            "resize {src_h}x{src_w}x{c} -> {dst_h}x{dst_w}"
+        )));
+    }
+    check_len("resize source", src.len(), src_h * src_w * c)?;
+    if dst_h == src_h && dst_w == src_w {
+        return Ok(src.to_vec());
+    }
+    if dst_h > src_h || dst_w > src_w {
+        return Err(PrepError::Enlarge {
+            src_h,
+            src_w,
+            dst_h,
+            dst_w,
+        });
+    }
+    // OpenCV: inv_scale = (double)dsize / ssize; scale = 1. / inv_scale.
+    let scale_x = 1.0 / (dst_w as f64 / src_w as f64);
+    let scale_y = 1.0 / (dst_h as f64 / src_h as f64);
+    let is_x = scale_x.round();
+    let is_y = scale_y.round();
+    if (scale_x - is_x).abs() < f64::EPSILON && (scale_y - is_y).abs() < f64::EPSILON {
+        return Ok(resize_area_fast(
+            src,
+            src_w,
+            c,
+            dst_h,
+            dst_w,
+            is_y as usize,
+            is_x as usize,
+        ));
+    }
+    let xtab = area_tab(src_w, dst_w, scale_x);
+    let ytab = area_tab(src_h, dst_h, scale_y);
+    let row_len = dst_w * c;
+    let mut out = vec![0u8; dst_h * row_len];
+    let mut buf = vec![0f32; row_len];
+    let mut sum = vec![0f32; row_len];
+    let mut prev_dy = ytab.first().map_or(0, |t| t.di);
+    for yt in &ytab {
+        let beta = yt.alpha;
+        let srow = &src[yt.si * src_w * c..(yt.si + 1) * src_w * c];
+        buf.iter_mut().for_each(|b| *b = 0.0);
+        for xt in &xtab {
+            for k in 0..c {
+                let d = xt.di * c + k;
+                buf[d] += f32::from(srow[xt.si * c + k]) * xt.alpha;
+            }
+        }
+        if yt.di != prev_dy {
+            let orow = &mut out[prev_dy * row_len..(prev_dy + 1) * row_len];
+            for ((o, s), b) in orow.iter_mut().zip(sum.iter_mut()).zip(&buf) {
+                *o = saturate_u8(*s);
+                *s = beta * b;
+            }
+            prev_dy = yt.di;
+        } else {
+            for (s, b) in sum.iter_mut().zip(&buf) {
+                *s += beta * b;
+            }
+        }
+    }
+    let orow = &mut out[prev_dy * row_len..(prev_dy + 1) * row_len];
+    for (o, s) in orow.iter_mut().zip(&sum) {
+        *o = saturate_u8(*s);
+    }
+    Ok(out)
+}
+
+/// OpenCV `resizeAreaFast` (integer scales `sy`×`sx`; the source is exactly
+/// `dst * scale` on both axes).
+fn resize_area_fast(
+    src: &[u8],
+    src_w: usize,
+    c: usize,
+    dst_h: usize,
+    dst_w: usize,
+    sy: usize,
+    sx: usize,
+) -> Vec<u8> {
+    let mut out = vec![0u8; dst_h * dst_w * c];
+    let area = sy * sx;
+    let inv_area = 1.0f32 / area as f32;
+    for dy in 0..dst_h {
+        for dx in 0..dst_w {
+            for k in 0..c {
+                let mut s: u32 = 0;
+                for yy in 0..sy {
+                    let row = (dy * sy + yy) * src_w * c;
+                    for xx in 0..sx {
+                        s += u32::from(src[row + (dx * sx + xx) * c + k]);
+                    }
+                }
+                out[(dy * dst_w + dx) * c + k] = if sx == 2 && sy == 2 {
+                    ((s + 2) >> 2) as u8
+                } else {
+                    saturate_u8(s as f32 * inv_area)
+                };
+            }
+        }
+    }
+    out
+}
+
+/// Step 4: per-image min–max normalization of a `u8` image (all channels):
+/// `(v - min) / max(max - min, 1e-8)` computed in f64, then cast to f32 (as the
+/// reference computes it in NumPy float64 before `torch.tensor(...).float()`).
+/// A constant image maps to all zeros.
+pub fn normalize_min_max(img: &[u8]) -> Vec<f32> {
+    let mn = img.iter().copied().min().unwrap_or(0);
+    let mx = img.iter().copied().max().unwrap_or(0);
+    let den = f64::from(mx - mn).max(1e-8);
+    img.iter()
+        .map(|&v| (f64::from(v - mn) / den) as f32)
+        .collect()
+}
+
+/// Steps 5 and 6: place an `h`×`w`×`c` (HWC) image at the top-left of a zero
+/// `size`×`size` canvas (padding bottom and right) and return it as CHW
+/// (`c`×`size`×`size`, the batch dimension being implicit).
+pub fn pad_hwc_to_chw(
+    img: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    size: usize,
+) -> Result<Vec<f32>, PrepError> {
+    check_len("pad source", img.len(), h * w * c)?;
+    if h > size || w > size {
+        return Err(PrepError::BadSize(format!(
+            "{h}x{w} does not fit in {size}x{size}"
+        )));
+    }
+    let mut out = vec![0f32; c * size * size];
+    for y in 0..h {
+        for x in 0..w {
+            for k in 0..c {
+                out[k * size * size + y * size + x] = img[(y * w + x) * c + k];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The output of [`preprocess_rgb`].
+#[derive(Debug, Clone)]
+pub struct Preprocessed {
+    /// Encoder input, 3×256×256 CHW f32 (batch dimension implicit).
+    pub input: Vec<f32>,
+    /// The resized `u8` image (`newh`×`neww`×3), before normalization.
+    pub resized: Vec<u8>,
+    /// Original height.
+    pub orig_h: usize,
+    /// Original width.
+    pub orig_w: usize,
+    /// Height after the longest-side resize.
+    pub new_h: usize,
+    /// Width after the longest-side resize.
+    pub new_w: usize,
+}
+
+/// Steps 3–6 on an RGB `u8` image `h`×`w`×3 (HWC; a grey image must already be
+/// replicated to 3 channels, step 1): resize the longest side to 256 with
+/// OpenCV area interpolation, min–max normalize, zero-pad to 256×256, CHW.
+pub fn preprocess_rgb(rgb: &[u8], h: usize, w: usize) -> Result<Preprocessed, PrepError> {
+    if h == 0 || w == 0 {
+        return Err(PrepError::BadSize(format!("image {h}x{w}")));
+    }
+    check_len("RGB image", rgb.len(), h * w * 3)?;
+    let (new_h, new_w) = longest_side_size(h, w, INPUT_SIZE);
+    if new_h == 0 || new_w == 0 {
+        return Err(PrepError::BadSize(format!(
+            "image {h}x{w} resizes to {new_h}x{new_w}"
+        )));
+    }
+    let resized = resize_area_u8(rgb, h, w, 3, new_h, new_w)?;
+    let norm = normalize_min_max(&resized);
+    let input = pad_hwc_to_chw(&norm, new_h, new_w, 3, INPUT_SIZE)?;
+    Ok(Preprocessed {
+        input,
+        resized,
+        orig_h: h,
+        orig_w: w,
+        new_h,
+        new_w,
+    })
+}
+
+/// Step 8, boxes: `box_256[i] = int(box[i] * 256 / max(h, w))` in f64 with
+/// truncation toward zero; no clamping and no +1 for the inclusive maximum.
+/// `bbox` is `[x0, y0, x1, y1]` in original pixel coordinates (x1, y1 inclusive).
+pub fn box_to_256(bbox: [f64; 4], h: usize, w: usize) -> [f32; 4] {
+    let ratio = INPUT_SIZE as f64 / h.max(w).max(1) as f64;
+    bbox.map(|v| (v * ratio).trunc() as f32)
+}
+
+/// Step 8, points: `point * 256 / max(h, w)` in f64, **not** truncated, then f32.
+/// `point` is `[x, y]` in original pixel coordinates.
+pub fn point_to_256(point: [f64; 2], h: usize, w: usize) -> [f32; 2] {
+    let ratio = INPUT_SIZE as f64 / h.max(w).max(1) as f64;
+    point.map(|v| (v * ratio) as f32)
+}
+
+/// PyTorch's per-axis linear indices and weights for `align_corners=False`
+/// (`compute_source_index_and_lambda`): `ratio = in / out` in f32,
+/// `src = ratio * (d + 0.5) - 0.5` clamped at 0, `i0 = min(floor(src), in-1)`,
+/// `i1 = i0 + (i0 < in-1)`, `l1 = clamp(src - i0, 0, 1)`, `l0 = 1 - l1`; equal
+/// sizes copy.
+fn linear_axis(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+    if input == output {
+        return (0..output).map(|d| (d, d, 1.0, 0.0)).collect();
+    }
+    let ratio = input as f32 / output as f32;
+    (0..output)
+        .map(|d| {
+            let src = (ratio * (d as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(input - 1);
+            let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+            (i0, i1, 1.0 - l1, l1)
+        })
+        .collect()
+}
+
+/// Step 11: crop a `lh`×`lw` logit map (row-major) to its top-left
+/// `new_h`×`new_w` (removing the padding), then resize it to `out_h`×`out_w`
+/// like `F.interpolate(mode="bilinear", align_corners=False)` (no antialias), f32:
+/// `(v00*wx0 + v01*wx1)*wy0 + (v10*wx0 + v11*wx1)*wy1`.
+#[allow(clippy::too_many_arguments)]
+pub fn upsample_logits(
+    logits: &[f32],
+    lh: usize,
+    lw: usize,
+    new_h: usize,
+    new_w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Result<Vec<f32>, PrepError> {
+    check_len("logits", logits.len(), lh * lw)?;
+    if new_h == 0 || new_w == 0 || new_h > lh || new_w > lw || out_h == 0 || out_w == 0 {
+        return Err(PrepError::BadSize(format!(
+            "crop {new_h}x{new_w} of {lh}x{lw} to {out_h}x{out_w}"
+        )));
+    }
+    let ys = linear_axis(new_h, out_h);
+    let xs = linear_axis(new_w, out_w);
+    let mut out = Vec::with_capacity(out_h * out_w);
+    for &(y0, y1, wy0, wy1) in &ys {
+        let r0 = &logits[y0 * lw..y0 * lw + new_w];
+        let r1 = &logits[y1 * lw..y1 * lw + new_w];
+        for &(x0, x1, wx0, wx1) in &xs {
+            let t0 = r0[x0] * wx0 + r0[x1] * wx1;
+            let t1 = r1[x0] * wx0 + r1[x1] * wx1;
+            out.push(t0 * wy0 + t1 * wy1);
+        }
+    }
+    Ok(out)
+}
+
+/// Step 12: foreground where the logit is > 0 (equivalent to the reference's
+/// `sigmoid(logit) > 0.5` except for |logit| below ~1e-7). Output 0/1.
+pub fn threshold_logits(logits: &[f32]) -> Vec<u8> {
+    logits.iter().map(|&v| u8::from(v > 0.0)).collect()
+}
+
+/// Steps 11 and 12 on the decoder's 256×256 low-res logits: a 0/1 mask of
+/// `prep.orig_h`×`prep.orig_w`.
+pub fn postprocess_mask(low_res: &[f32], prep: &Preprocessed) -> Result<Vec<u8>, PrepError> {
+    let up = upsample_logits(
+        low_res,
+        INPUT_SIZE,
+        INPUT_SIZE,
+        prep.new_h,
+        prep.new_w,
+        prep.orig_h,
+        prep.orig_w,
+    )?;
+    Ok(threshold_logits(&up))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_side_sizes_match_golden_table() {
+        assert_eq!(longest_side_size(288, 384, 256), (192, 256));
+        assert_eq!(longest_side_size(300, 300, 256), (256, 256));
+        assert_eq!(longest_side_size(540, 800, 256), (173, 256));
+        assert_eq!(longest_side_size(543, 783, 256), (178, 256));
+    }
+
+    #[test]
+    fn fast_path_2x2_rounds_half_up() {
+        // one channel 2x2 -> 1x1: sum 1+2+3+4 = 10 -> (10+2)>>2 = 3 (2.5 rounds up)
+        assert_eq!(
+            resize_area_u8(&[1, 2, 3, 4], 2, 2, 1, 1, 1).unwrap(),
+            vec![3]
+        );
+        // 0+0+0+2 = 2 -> (2+2)>>2 = 1 (0.5 rounds up, half-even would give 0)
+        assert_eq!(
+            resize_area_u8(&[0, 0, 0, 2], 2, 2, 1, 1, 1).unwrap(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn fast_path_4x4_rounds_half_even() {
+        // 16 pixels summing to 8 -> 0.5 -> 0 (half even); summing to 24 -> 1.5 -> 2
+        let mut a = vec![0u8; 16];
+        a[0] = 8;
+        assert_eq!(resize_area_u8(&a, 4, 4, 1, 1, 1).unwrap(), vec![0]);
+        a[0] = 24;
+        assert_eq!(resize_area_u8(&a, 4, 4, 1, 1, 1).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn general_area_constant_image_stays_constant() {
+        let src = vec![77u8; 7 * 5 * 3];
+        let out = resize_area_u8(&src, 7, 5, 3, 3, 2).unwrap();
+        assert_eq!(out, vec![77u8; 3 * 2 * 3]);
+    }
+
+    #[test]
+    fn general_area_averages_cells() {
+        // 3 -> 2 on one axis: cells [0,1.5) and [1.5,3)
+        let out = resize_area_u8(&[0, 30, 90], 1, 3, 1, 1, 2).unwrap();
+        // (0*1 + 30*0.5)/1.5 = 10; (30*0.5 + 90)/1.5 = 70
+        assert_eq!(out, vec![10, 70]);
+    }
+
+    #[test]
+    fn resize_rejects_bad_input() {
+        assert!(matches!(
+            resize_area_u8(&[0; 4], 2, 2, 1, 3, 3),
+            Err(PrepError::Enlarge { .. })
+        ));
+        assert!(matches!(
+            resize_area_u8(&[0; 3], 2, 2, 1, 1, 1),
+            Err(PrepError::BadLength { .. })
+        ));
+        assert!(resize_area_u8(&[], 0, 2, 1, 1, 1).is_err());
+    }
+
+    #[test]
+    fn normalize_and_pad() {
+        let n = normalize_min_max(&[10, 20, 30]);
+        assert_eq!(n, vec![0.0, 0.5, 1.0]);
+        assert_eq!(normalize_min_max(&[5, 5]), vec![0.0, 0.0]);
+        let p = pad_hwc_to_chw(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 1, 2, 3, 2).unwrap();
+        assert_eq!(
+            p,
+            vec![1.0, 4.0, 0.0, 0.0, 2.0, 5.0, 0.0, 0.0, 3.0, 6.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn prompt_transforms() {
+        // golden cvc_clinicdb__375: 288x384, box 166,139,208,167 -> 110,92,138,111
+        assert_eq!(
+            box_to_256([166.0, 139.0, 208.0, 167.0], 288, 384),
+            [110.0, 92.0, 138.0, 111.0]
+        );
+        let p = point_to_256([326.402, 232.291], 543, 783);
+        assert!((p[0] - 106.7165).abs() < 1e-3 && (p[1] - 75.9469).abs() < 1e-3);
+    }
+
+    #[test]
+    fn bilinear_matches_torch_small_case() {
+        // torch: F.interpolate([[[[0., 1.]]]], size=(1, 4), bilinear, align_corners=False)
+        // = [0, 0.25, 0.75, 1]
+        let up = upsample_logits(&[0.0, 1.0], 1, 2, 1, 2, 1, 4).unwrap();
+        assert_eq!(up, vec![0.0, 0.25, 0.75, 1.0]);
+        // crop: only the top-left 1x1 of a 2x2 is used
+        let up = upsample_logits(&[2.0, -9.0, -9.0, -9.0], 2, 2, 1, 1, 2, 2).unwrap();
+        assert_eq!(up, vec![2.0; 4]);
+        assert_eq!(threshold_logits(&[-1.0, 0.0, 1e-6]), vec![0, 0, 1]);
+    }
+}
