@@ -6,7 +6,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "edgeseg", version, about = "edgeseg on-device segmentation runtime")]
+#[command(
+    name = "edgeseg",
+    version,
+    about = "edgeseg on-device segmentation runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

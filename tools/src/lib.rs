@@ -1,7 +1,14 @@
 //! # edgeseg-tools
 //!
 //! The offline side of edgeseg, as a library behind the `edgeseg-tools` binary:
-//! datasets and their manifests, segmentation metrics, the evaluation harness
-//! and its baseline segmenters; later distillation, quantization, export,
-//! bundling, signing and flashing.
+//! datasets and their manifests ([`dataset`]), 2D/3D masks ([`grid`]), segmentation
+//! metrics ([`metrics`]), the evaluation harness ([`eval`]) and the segmenter interface
+//! with its non-learned baselines ([`segmenter`]). Distillation, quantization, export,
+//! bundling, signing and flashing will join them here.
 #![forbid(unsafe_code)]
+
+pub mod dataset;
+pub mod eval;
+pub mod grid;
+pub mod metrics;
+pub mod segmenter;
