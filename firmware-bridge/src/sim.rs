@@ -46,6 +46,26 @@ pub enum FlashFaultKind {
     },
 }
 
+/// Kind of a recorded flash operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashOpKind {
+    /// Sector erase.
+    Erase,
+    /// Program.
+    Write,
+}
+
+/// One erase/write recorded by [`MemFlash`] (index = position in the trace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlashOp {
+    /// Operation kind.
+    pub kind: FlashOpKind,
+    /// Start address.
+    pub addr: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
 /// RAM-backed NOR flash with an operation counter and fault injection.
 /// Writes AND into existing bytes (NOR semantics); erase sets 0xFF.
 #[derive(Debug, Clone)]
@@ -56,6 +76,7 @@ pub struct MemFlash {
     ops: u64,
     faults: Vec<(u64, FlashFaultKind)>,
     powered: bool,
+    trace: Vec<FlashOp>,
 }
 
 impl MemFlash {
@@ -69,6 +90,7 @@ impl MemFlash {
             ops: 0,
             faults: Vec::new(),
             powered: true,
+            trace: Vec::new(),
         }
     }
 
@@ -85,6 +107,11 @@ impl MemFlash {
     /// Removes scheduled faults.
     pub fn clear_faults(&mut self) {
         self.faults.clear();
+    }
+
+    /// Every erase/write attempted so far, in order (index = operation index).
+    pub fn trace(&self) -> &[FlashOp] {
+        &self.trace
     }
 
     /// Restores power (RAM state of the device is lost; flash contents stay).
@@ -112,12 +139,13 @@ impl MemFlash {
     }
 
     /// Counts the operation and returns the fault hitting it, if any.
-    fn begin_op(&mut self) -> Result<Option<FlashFaultKind>, SimFlashError> {
+    fn begin_op(&mut self, op: FlashOp) -> Result<Option<FlashFaultKind>, SimFlashError> {
         if !self.powered {
             return Err(SimFlashError::PowerLost);
         }
         let index = self.ops;
         self.ops += 1;
+        self.trace.push(op);
         Ok(self
             .faults
             .iter()
@@ -173,7 +201,11 @@ impl Flash for MemFlash {
             return Err(SimFlashError::BadAddress);
         }
         let range = self.range(addr, self.sector_size as usize)?;
-        let fault = self.begin_op()?;
+        let fault = self.begin_op(FlashOp {
+            kind: FlashOpKind::Erase,
+            addr,
+            len: self.sector_size,
+        })?;
         self.apply(range, fault, |b, _| *b = ERASED_BYTE)
     }
     fn write(&mut self, addr: u32, data: &[u8]) -> Result<(), SimFlashError> {
@@ -181,7 +213,11 @@ impl Flash for MemFlash {
             return Err(SimFlashError::BadAddress);
         }
         let range = self.range(addr, data.len())?;
-        let fault = self.begin_op()?;
+        let fault = self.begin_op(FlashOp {
+            kind: FlashOpKind::Write,
+            addr,
+            len: data.len() as u32,
+        })?;
         self.apply(range, fault, |b, i| *b &= data[i])
     }
     fn read(&mut self, addr: u32, buf: &mut [u8]) -> Result<(), SimFlashError> {
