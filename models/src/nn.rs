@@ -1,0 +1,580 @@
+//! Building blocks shared by the model architectures: an execution [`Mode`]
+//! switch between fast inference kernels and differentiable forms, layer norms,
+//! Conv2d+BatchNorm with folding, depthwise convolution, transposed 2×2
+//! convolution, small MLPs.
+//!
+//! candle's fused `softmax_last_dim`, `layer_norm` and `rms_norm` have no
+//! backward pass (gradients silently vanish through them). Every module here
+//! takes a [`Mode`]: [`Mode::Inference`] uses fused or hand-written CPU kernels
+//! without autograd, [`Mode::Training`] uses only differentiable tensor ops.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
+
+/// How a model computes softmax, normalizations and depthwise convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Fast kernels without a backward pass; BatchNorm folded once at load.
+    #[default]
+    Inference,
+    /// Differentiable forms only (`candle_nn::ops::softmax`, `layer_norm_slow`,
+    /// grouped `conv2d`, BatchNorm folded in the graph on every forward).
+    Training,
+}
+
+/// Softmax over the last dimension in the form the mode requires.
+pub fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(&x.contiguous()?),
+        Mode::Training => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b` (PyTorch `nn.Linear` layout).
+pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<candle_nn::Linear> {
+    let w = vb.get_with_hints(
+        (d_out, d_in),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let b = vb.get_with_hints(d_out, "bias", Init::Const(0.0))?;
+    Ok(candle_nn::Linear::new(w, Some(b)))
+}
+
+/// Layer norm over the last dimension (PyTorch `nn.LayerNorm`).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    mode: Mode,
+    op: Option<LayerNormOp>,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of size `dim`.
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64, mode: Mode) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        let op = match mode {
+            Mode::Inference => Some(LayerNormOp {
+                w: weight.to_vec1()?,
+                b: bias.to_vec1()?,
+                eps,
+            }),
+            Mode::Training => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            eps,
+            mode,
+            op,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match (&self.op, self.mode) {
+            (Some(op), Mode::Inference) => x.contiguous()?.apply_op1_no_bwd(op),
+            _ => candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32),
+        }
+    }
+}
+
+/// Inference layer norm: two-pass mean and variance accumulated in f64 (candle's
+/// fused `layer_norm` uses `E[x²] − E[x]²` in f32, which loses precision when the
+/// mean is large).
+#[derive(Debug, Clone)]
+struct LayerNormOp {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f64,
+}
+
+impl CustomOp1 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "edgeseg-layer-norm"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("layer norm: only f32 is supported")
+        };
+        let Some((o1, o2)) = layout.contiguous_offsets() else {
+            candle_core::bail!("layer norm: input must be contiguous")
+        };
+        let n = self.w.len();
+        if layout.dims().last() != Some(&n) {
+            candle_core::bail!("layer norm: last dim of {:?} is not {n}", layout.dims())
+        }
+        let src = &data[o1..o2];
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(n)
+            .zip(src.par_chunks(n))
+            .for_each(|(d, s)| {
+                let mean = s.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+                let var = s
+                    .iter()
+                    .map(|&v| {
+                        let t = f64::from(v) - mean;
+                        t * t
+                    })
+                    .sum::<f64>()
+                    / n as f64;
+                let rstd = 1.0 / (var + self.eps).sqrt();
+                for i in 0..n {
+                    d[i] = ((f64::from(s[i]) - mean) * rstd) as f32 * self.w[i] + self.b[i];
+                }
+            });
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// SAM's `LayerNorm2d`: layer norm over the channel dimension of `B×C×H×W`
+/// (differentiable tensor ops, used in both modes).
+#[derive(Debug, Clone)]
+pub struct LayerNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm2d {
+    /// Loads `weight` and `bias` of size `channels` (eps 1e-6 in SAM).
+    pub fn new(vb: VarBuilder, channels: usize, eps: f64) -> Result<Self> {
+        let weight = vb
+            .get_with_hints(channels, "weight", Init::Const(1.0))?
+            .reshape((1, channels, 1, 1))?;
+        let bias = vb
+            .get_with_hints(channels, "bias", Init::Const(0.0))?
+            .reshape((1, channels, 1, 1))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for LayerNorm2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let u = x.mean_keepdim(1)?;
+        let xc = x.broadcast_sub(&u)?;
+        let s = xc.sqr()?.mean_keepdim(1)?;
+        let xn = xc.broadcast_div(&(s + self.eps)?.sqrt()?)?;
+        xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Geometry of a 2D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// Groups (`c_in` for a depthwise convolution).
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c_in && self.c_in == self.c_out
+    }
+}
+
+/// Convolution with weight `[c_out, c_in/groups, k, k]` and bias `[c_out]`,
+/// dispatched to the fastest form: 1×1 as a matrix product, depthwise with a
+/// hand-written kernel (inference only), else candle's `conv2d`.
+fn conv_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    g: &ConvGeom,
+    dw: Option<&DepthwiseOp>,
+) -> Result<Tensor> {
+    if let Some(op) = dw {
+        return x.contiguous()?.apply_op1_no_bwd(op);
+    }
+    let (bsz, _, h, wd) = x.dims4()?;
+    if g.k == 1 && g.stride == 1 && g.pad == 0 && g.groups == 1 {
+        let w2 = w.reshape((g.c_out, g.c_in))?;
+        let y = w2
+            .broadcast_left(bsz)?
+            .matmul(&x.reshape((bsz, g.c_in, h * wd))?)?;
+        let y = y.broadcast_add(&b.reshape((1, g.c_out, 1))?)?;
+        return y.reshape((bsz, g.c_out, h, wd));
+    }
+    let y = x.conv2d(w, g.pad, g.stride, 1, g.groups)?;
+    y.broadcast_add(&b.reshape((1, g.c_out, 1, 1))?)
+}
+
+/// A plain convolution with bias (PyTorch `nn.Conv2d`, `weight` and `bias`).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    w: Tensor,
+    b: Tensor,
+    g: ConvGeom,
+}
+
+impl Conv2d {
+    /// Loads `weight` (and `bias` when `bias` is true; zeros otherwise).
+    pub fn new(vb: VarBuilder, g: ConvGeom, bias: bool) -> Result<Self> {
+        let w = vb.get_with_hints(
+            (g.c_out, g.c_in / g.groups, g.k, g.k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let b = if bias {
+            vb.get_with_hints(g.c_out, "bias", Init::Const(0.0))?
+        } else {
+            Tensor::zeros(g.c_out, w.dtype(), w.device())?
+        };
+        Ok(Self { w, b, g })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        conv_forward(x, &self.w, &self.b, &self.g, None)
+    }
+}
+
+/// TinyViT's `Conv2d_BN`: convolution without bias (`c.weight`) followed by an
+/// inference BatchNorm (`bn.weight`, `bn.bias`, `bn.running_mean`,
+/// `bn.running_var`, eps 1e-5), folded into one convolution:
+/// `s = γ / √(var + eps)`, `W' = W·s`, `b' = β − mean·s`.
+///
+/// In [`Mode::Inference`] the folding is done once; in [`Mode::Training`] it is
+/// part of the graph, so γ, β and the convolution weight receive gradients
+/// (batch statistics are not used: BatchNorm behaves as in `eval()`).
+#[derive(Debug, Clone)]
+pub struct Conv2dBn {
+    g: ConvGeom,
+    conv_w: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    folded: Option<(Tensor, Tensor)>,
+    dw: Option<DepthwiseOp>,
+}
+
+const BN_EPS: f64 = 1e-5;
+
+impl Conv2dBn {
+    /// Loads `c.weight` and the `bn.*` tensors under `vb`.
+    pub fn new(vb: VarBuilder, g: ConvGeom, mode: Mode) -> Result<Self> {
+        let conv_w = vb.pp("c").get_with_hints(
+            (g.c_out, g.c_in / g.groups, g.k, g.k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bn = vb.pp("bn");
+        let gamma = bn.get_with_hints(g.c_out, "weight", Init::Const(1.0))?;
+        let beta = bn.get_with_hints(g.c_out, "bias", Init::Const(0.0))?;
+        let mean = bn.get_with_hints(g.c_out, "running_mean", Init::Const(0.0))?;
+        let var = bn.get_with_hints(g.c_out, "running_var", Init::Const(1.0))?;
+        let mut s = Self {
+            g,
+            conv_w,
+            gamma,
+            beta,
+            mean,
+            var,
+            folded: None,
+            dw: None,
+        };
+        if mode == Mode::Inference {
+            let (w, b) = s.fold()?;
+            if g.is_depthwise() {
+                s.dw = Some(DepthwiseOp {
+                    w: w.flatten_all()?.to_vec1()?,
+                    b: b.to_vec1()?,
+                    k: g.k,
+                    stride: g.stride,
+                    pad: g.pad,
+                });
+            }
+            s.folded = Some((w.detach(), b.detach()));
+        }
+        Ok(s)
+    }
+
+    /// The folded weight and bias (differentiable tensor ops).
+    fn fold(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self.gamma.broadcast_div(&(&self.var + BN_EPS)?.sqrt()?)?;
+        let w = self
+            .conv_w
+            .broadcast_mul(&scale.reshape((self.g.c_out, 1, 1, 1))?)?;
+        let b = (&self.beta - self.mean.mul(&scale)?)?;
+        Ok((w, b))
+    }
+}
+
+impl Module for Conv2dBn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.folded {
+            Some((w, b)) => conv_forward(x, w, b, &self.g, self.dw.as_ref()),
+            None => {
+                let (w, b) = self.fold()?;
+                conv_forward(x, &w, &b, &self.g, None)
+            }
+        }
+    }
+}
+
+/// Depthwise convolution (one `k×k` filter per channel) with bias, NCHW f32,
+/// parallel over channel planes. Inference only (no backward).
+#[derive(Debug, Clone)]
+struct DepthwiseOp {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp1 for DepthwiseOp {
+    fn name(&self) -> &'static str {
+        "edgeseg-depthwise-conv"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("depthwise conv: only f32 is supported")
+        };
+        let Some((o1, o2)) = layout.contiguous_offsets() else {
+            candle_core::bail!("depthwise conv: input must be contiguous")
+        };
+        let &[bsz, c, h, w] = layout.dims() else {
+            candle_core::bail!("depthwise conv: expected NCHW, got {:?}", layout.dims())
+        };
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        if c != self.b.len() || self.w.len() != c * k * k || h + 2 * p < k || w + 2 * p < k {
+            candle_core::bail!("depthwise conv: bad shapes {:?}", layout.dims())
+        }
+        let ho = (h + 2 * p - k) / s + 1;
+        let wo = (w + 2 * p - k) / s + 1;
+        let src = &data[o1..o2];
+        let mut dst = vec![0f32; bsz * c * ho * wo];
+        dst.par_chunks_mut(ho * wo)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let ch = plane % c;
+                let inp = &src[plane * h * w..(plane + 1) * h * w];
+                let wk = &self.w[ch * k * k..(ch + 1) * k * k];
+                for oy in 0..ho {
+                    let orow = &mut out[oy * wo..(oy + 1) * wo];
+                    for ky in 0..k {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let irow = &inp[iy as usize * w..(iy as usize + 1) * w];
+                        for kx in 0..k {
+                            let wv = wk[ky * k + kx];
+                            // valid ox: 0 <= ox*s + kx - p < w
+                            let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+                            let hi = if w + p > kx {
+                                ((w + p - kx - 1) / s + 1).min(wo)
+                            } else {
+                                0
+                            };
+                            if hi <= lo {
+                                continue;
+                            }
+                            if s == 1 {
+                                let off = lo + kx - p;
+                                for (o, &v) in orow[lo..hi].iter_mut().zip(&irow[off..]) {
+                                    *o += wv * v;
+                                }
+                            } else {
+                                for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
+                                    *o += wv * irow[ox * s + kx - p];
+                                }
+                            }
+                        }
+                    }
+                    let bv = self.b[ch];
+                    orow.iter_mut().for_each(|o| *o += bv);
+                }
+            });
+        Ok((CpuStorage::F32(dst), Shape::from_dims(&[bsz, c, ho, wo])))
+    }
+}
+
+/// PyTorch `nn.ConvTranspose2d` with kernel 2 and stride 2 (non-overlapping),
+/// computed as one matrix product: weight `[c_in, c_out, 2, 2]`, bias `[c_out]`.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2x2 {
+    w: Tensor,
+    b: Tensor,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl ConvTranspose2x2 {
+    /// Loads `weight` and `bias`.
+    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+        let w = vb.get_with_hints(
+            (c_in, c_out, 2, 2),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let b = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
+        Ok(Self { w, b, c_in, c_out })
+    }
+}
+
+impl Module for ConvTranspose2x2 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (bsz, _, h, w) = x.dims4()?;
+        // out[o, 2i+ky, 2j+kx] = Σ_c x[c, i, j] · W[c, o, ky, kx] + b[o]
+        let wt = self.w.reshape((self.c_in, self.c_out * 4))?.t()?; // (O·4, C)
+        let y = wt
+            .broadcast_left(bsz)?
+            .matmul(&x.reshape((bsz, self.c_in, h * w))?)?; // (B, O·4, H·W)
+        let y = y
+            .reshape((bsz, self.c_out, 2, 2, h, w))?
+            .permute((0, 1, 4, 2, 5, 3))?
+            .reshape((bsz, self.c_out, 2 * h, 2 * w))?;
+        y.broadcast_add(&self.b.reshape((1, self.c_out, 1, 1))?)
+    }
+}
+
+/// SAM's `MLP`: `num_layers` linear layers with ReLU between them.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    layers: Vec<candle_nn::Linear>,
+}
+
+impl Mlp {
+    /// Loads `layers.{i}.weight/bias`.
+    pub fn new(vb: VarBuilder, d_in: usize, hidden: usize, d_out: usize, n: usize) -> Result<Self> {
+        let mut layers = Vec::with_capacity(n);
+        for i in 0..n {
+            let a = if i == 0 { d_in } else { hidden };
+            let b = if i + 1 == n { d_out } else { hidden };
+            layers.push(linear(vb.pp(format!("layers.{i}")), a, b)?);
+        }
+        Ok(Self { layers })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        let n = self.layers.len();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i + 1 < n {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        // deterministic pseudo-random values (no RNG dependency)
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The inference kernels (folded BN, depthwise op, f64 layer norm) agree
+    /// with the differentiable training forms.
+    #[test]
+    fn inference_kernels_match_training_forms() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        for (i, (stride, h, w)) in [(1, 9, 11), (2, 9, 11), (2, 8, 8), (1, 3, 2)]
+            .iter()
+            .enumerate()
+        {
+            let g = ConvGeom {
+                c_in: 6,
+                c_out: 6,
+                k: 3,
+                stride: *stride,
+                pad: 1,
+                groups: 6,
+            };
+            let name = format!("dw{i}");
+            let train = Conv2dBn::new(vb.pp(&name), g, Mode::Training).unwrap();
+            // non-trivial BN statistics
+            for (n, v) in vm.data().lock().unwrap().iter() {
+                if n.starts_with(&name) && n.contains("bn.") {
+                    v.set(&(randn(v.dims(), n.len() as u64).abs().unwrap() + 0.5).unwrap())
+                        .unwrap();
+                }
+            }
+            let inf = Conv2dBn::new(vb.pp(&name), g, Mode::Inference).unwrap();
+            let x = randn(&[2, 6, *h, *w], 7);
+            let a = train.forward(&x).unwrap();
+            let b = inf.forward(&x).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            assert!(max_abs_diff(&a, &b) < 1e-5, "depthwise stride {stride}");
+        }
+        let ln_t = LayerNorm::new(vb.pp("ln"), 16, 1e-5, Mode::Training).unwrap();
+        let ln_i = LayerNorm::new(vb.pp("ln"), 16, 1e-5, Mode::Inference).unwrap();
+        let x = (randn(&[3, 5, 16], 3) + 100.0).unwrap();
+        assert!(max_abs_diff(&ln_t.forward(&x).unwrap(), &ln_i.forward(&x).unwrap()) < 1e-4);
+        let s = randn(&[4, 7], 9);
+        let d = max_abs_diff(
+            &softmax_last(&s, Mode::Training).unwrap(),
+            &softmax_last(&s, Mode::Inference).unwrap(),
+        );
+        assert!(d < 1e-6);
+    }
+
+    /// The 2×2 transposed convolution equals candle's `conv_transpose2d`.
+    #[test]
+    fn conv_transpose_matches_candle() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let ct = ConvTranspose2x2::new(vb.pp("ct"), 4, 3).unwrap();
+        let x = randn(&[2, 4, 3, 5], 1);
+        let ours = ct.forward(&x).unwrap();
+        let reference = x
+            .conv_transpose2d(&ct.w, 0, 0, 2, 1)
+            .unwrap()
+            .broadcast_add(&ct.b.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(ours.dims(), &[2, 3, 6, 10]);
+        assert!(max_abs_diff(&ours, &reference) < 1e-5);
+    }
+}
