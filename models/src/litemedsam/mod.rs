@@ -118,6 +118,7 @@ pub struct LiteMedSam {
     pub mask_decoder: MaskDecoder,
     dense_pe: Tensor,
     device: Device,
+    mode: Mode,
 }
 
 impl LiteMedSam {
@@ -167,7 +168,39 @@ impl LiteMedSam {
             mask_decoder,
             dense_pe,
             device,
+            mode,
         })
+    }
+
+    /// The execution mode the model was built for.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The dense positional encoding of the embedding grid (`1×256×64×64`):
+    /// cached in inference, recomputed from the current weights in training.
+    pub fn dense_pe(&self) -> candle_core::Result<Tensor> {
+        match self.mode {
+            Mode::Inference => Ok(self.dense_pe.clone()),
+            Mode::Training => self.prompt_encoder.dense_pe(),
+        }
+    }
+
+    /// Batched forward with box prompts, as `MedSAMLite.forward`:
+    /// images `B×3×256×256` (preprocessed), boxes `B×4` (256 space) →
+    /// low-res logits `B×k×256×256` and IoU `B×k`. Differentiable in
+    /// [`Mode::Training`].
+    pub fn forward_boxes(
+        &self,
+        images: &Tensor,
+        boxes: &Tensor,
+        multimask: bool,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let emb = self.encoder.forward(images)?;
+        let sparse = self.prompt_encoder.sparse(None, Some(boxes))?;
+        let dense = self.prompt_encoder.dense(None, boxes.dim(0)?)?;
+        self.mask_decoder
+            .forward(&emb, &self.dense_pe()?, &sparse, &dense, multimask)
     }
 
     /// The architecture configuration.
@@ -228,7 +261,7 @@ impl LiteMedSam {
         let (sparse, dense) = self.embed_prompt(prompt)?;
         let (low_res, iou) =
             self.mask_decoder
-                .forward(embedding, &self.dense_pe, &sparse, &dense, multimask)?;
+                .forward(embedding, &self.dense_pe()?, &sparse, &dense, multimask)?;
         let iou = iou.flatten_all()?.to_vec1::<f32>()?;
         Ok(Decoded { low_res, iou })
     }
