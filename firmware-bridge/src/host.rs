@@ -135,6 +135,9 @@ pub enum HostError {
     },
 }
 
+/// Smallest chunk the adaptive chunk sizing goes down to (before write alignment).
+pub const MIN_ADAPTIVE_CHUNK: usize = 64;
+
 /// Timeouts, retries and chunk size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientOptions {
@@ -246,20 +249,32 @@ impl<T: Transport> Client<T> {
         request: &Message,
         is_reply: impl Fn(&Message) -> bool,
     ) -> Result<Message, HostError> {
-        self.inbox.clear();
         let attempts = self.options.retries.saturating_add(1);
         for attempt in 0..attempts {
             if attempt > 0 {
                 self.stats.resends += 1;
             }
-            self.send(request)?;
-            while let Some(reply) = self.recv_message(self.options.timeout)? {
-                if matches!(reply, Message::Error(_)) || is_reply(&reply) {
-                    return Ok(reply);
-                }
+            if let Some(reply) = self.exchange_once(request, &is_reply)? {
+                return Ok(reply);
             }
         }
         Err(HostError::Timeout { what, attempts })
+    }
+
+    /// Sends `request` once and waits one timeout for an error or a reply accepted by `is_reply`.
+    fn exchange_once(
+        &mut self,
+        request: &Message,
+        is_reply: &impl Fn(&Message) -> bool,
+    ) -> Result<Option<Message>, HostError> {
+        self.inbox.clear();
+        self.send(request)?;
+        while let Some(reply) = self.recv_message(self.options.timeout)? {
+            if matches!(reply, Message::Error(_)) || is_reply(&reply) {
+                return Ok(Some(reply));
+            }
+        }
+        Ok(None)
     }
 
     /// Opens a session: negotiates the protocol version and reads capabilities.
@@ -281,27 +296,43 @@ impl<T: Transport> Client<T> {
         &mut self,
         what: &'static str,
         request: &Message,
+        is_reply: impl Fn(&Message) -> bool,
     ) -> Result<Message, HostError> {
-        let is_reply =
-            |m: &Message| matches!(m, Message::UploadStatus(_) | Message::Capabilities(_));
-        let reply = self.request(what, request, is_reply)?;
-        if let Message::Error(report) = &reply {
-            if report.code == ErrorCode::NotNegotiated {
-                self.hello()?;
-                return self.request(what, request, is_reply);
-            }
+        let reply = self.request(what, request, &is_reply)?;
+        if is_not_negotiated(&reply) {
+            self.hello()?;
+            return self.request(what, request, is_reply);
+        }
+        Ok(reply)
+    }
+
+    /// One attempt of an upload request (re-opening the session if the device lost it);
+    /// `None` on timeout.
+    fn upload_request_once(
+        &mut self,
+        request: &Message,
+        is_reply: impl Fn(&Message) -> bool,
+    ) -> Result<Option<Message>, HostError> {
+        let reply = self.exchange_once(request, &is_reply)?;
+        if reply.as_ref().is_some_and(is_not_negotiated) {
+            self.hello()?;
+            return self.exchange_once(request, &is_reply);
         }
         Ok(reply)
     }
 
     /// Asks the device for its upload status.
     pub fn upload_status(&mut self) -> Result<UploadStatus, HostError> {
-        expect_status(self.upload_request("UploadStatusQuery", &Message::UploadStatusQuery)?)
+        expect_status(self.upload_request(
+            "UploadStatusQuery",
+            &Message::UploadStatusQuery,
+            is_status,
+        )?)
     }
 
     /// Reboots the device (a pending model gets its trial boot) and returns its capabilities.
     pub fn reset(&mut self) -> Result<Capabilities, HostError> {
-        match self.upload_request("Reset", &Message::Reset)? {
+        match self.upload_request("Reset", &Message::Reset, is_capabilities)? {
             Message::Capabilities(caps) => {
                 self.capabilities = Some(caps.clone());
                 Ok(caps)
@@ -309,6 +340,18 @@ impl<T: Transport> Client<T> {
             other => Err(refusal_or_protocol(other)),
         }
     }
+}
+
+fn is_not_negotiated(message: &Message) -> bool {
+    matches!(message, Message::Error(report) if report.code == ErrorCode::NotNegotiated)
+}
+
+fn is_status(message: &Message) -> bool {
+    matches!(message, Message::UploadStatus(_))
+}
+
+fn is_capabilities(message: &Message) -> bool {
+    matches!(message, Message::Capabilities(_))
 }
 
 fn refusal_or_protocol(message: Message) -> HostError {
@@ -449,11 +492,15 @@ pub fn flash_image<T: Transport>(
         manifest: image.manifest,
         signature: image.signature,
     });
-    let mut status = expect_status(client.upload_request("UploadBegin", &begin)?)?;
+    let mut status = expect_status(client.upload_request("UploadBegin", &begin, is_status)?)?;
     let ours = |s: &UploadStatus| s.sha256 == image.manifest.sha256;
     let resumed_from = if ours(&status) { status.next_offset } else { 0 };
     let mut payload_bytes_sent = 0u64;
-    let chunk_count = u64::from(total).div_ceil(chunk_len as u64);
+    // Halve the chunk after a resend (noisy line), grow back after clean chunks.
+    let min_chunk = (MIN_ADAPTIVE_CHUNK.div_ceil(align) * align).min(chunk_len);
+    let mut current_chunk = chunk_len;
+    let mut clean_chunks = 0u32;
+    let chunk_count = u64::from(total).div_ceil(min_chunk as u64);
     let mut steps_left = (chunk_count + 8) * (u64::from(options.retries) + 2) * 4;
     while !(status.phase == UploadPhase::Pending && ours(&status)) {
         steps_left = steps_left
@@ -461,7 +508,7 @@ pub fn flash_image<T: Transport>(
             .ok_or_else(|| HostError::Protocol("upload makes no progress".into()))?;
         if status.phase != UploadPhase::Receiving || !ours(&status) {
             // The device lost or replaced our upload: begin again (it resumes if it can).
-            status = expect_status(client.upload_request("UploadBegin", &begin)?)?;
+            status = expect_status(client.upload_request("UploadBegin", &begin, is_status)?)?;
             continue;
         }
         progress(Progress {
@@ -472,20 +519,39 @@ pub fn flash_image<T: Transport>(
             let commit = Message::UploadCommit(UploadCommit {
                 sha256: image.manifest.sha256,
             });
-            client.upload_request("UploadCommit", &commit)?
+            client.upload_request("UploadCommit", &commit, is_status)?
         } else {
             let start = status.next_offset as usize;
-            let end = start.saturating_add(chunk_len).min(image.bytes.len());
-            let data = heapless::Vec::from_slice(&image.bytes[start..end])
-                .map_err(|_| HostError::Protocol("chunk larger than protocol limit".into()))?;
-            payload_bytes_sent += (end - start) as u64;
-            client.upload_request(
-                "UploadChunk",
-                &Message::UploadChunk(UploadChunk {
+            let mut timeouts = 0u32;
+            loop {
+                let end = start.saturating_add(current_chunk).min(image.bytes.len());
+                let data = heapless::Vec::from_slice(&image.bytes[start..end])
+                    .map_err(|_| HostError::Protocol("chunk larger than protocol limit".into()))?;
+                payload_bytes_sent += (end - start) as u64;
+                let chunk = Message::UploadChunk(UploadChunk {
                     offset: status.next_offset,
                     data,
-                }),
-            )?
+                });
+                if let Some(reply) = client.upload_request_once(&chunk, is_status)? {
+                    clean_chunks += 1;
+                    if timeouts == 0 && clean_chunks >= 8 {
+                        current_chunk = (current_chunk * 2).min(chunk_len);
+                        clean_chunks = 0;
+                    }
+                    break reply;
+                }
+                // Timeout: resend a smaller chunk at the same offset (noisy line).
+                timeouts += 1;
+                clean_chunks = 0;
+                if timeouts > options.retries {
+                    return Err(HostError::Timeout {
+                        what: "UploadChunk",
+                        attempts: timeouts,
+                    });
+                }
+                client.stats.resends += 1;
+                current_chunk = (current_chunk / 2 / align * align).max(min_chunk);
+            }
         };
         status = match reply {
             Message::UploadStatus(s) => s,

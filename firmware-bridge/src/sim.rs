@@ -496,6 +496,10 @@ pub struct LinkStats {
     pub truncated: u64,
     /// Replies reordered.
     pub reordered: u64,
+    /// Bytes the host sent (before faults).
+    pub host_bytes: u64,
+    /// Bytes the device sent (before faults).
+    pub device_bytes: u64,
 }
 
 /// In-process link between a host [`Transport`] and a simulated device,
@@ -587,12 +591,14 @@ impl<F: Flash> Transport for SimLink<F> {
             }
         }
         self.stats.host_frames += 1;
+        self.stats.host_bytes += bytes.len() as u64;
         let mut replies = Vec::new();
         for copy in self.corrupt(bytes) {
             self.device
                 .receive_bytes(&copy, |frame| replies.push(frame.to_vec()));
         }
         for reply in replies {
+            self.stats.device_bytes += reply.len() as u64;
             for copy in self.corrupt(&reply) {
                 if self.held_reply.is_none() && self.rng.chance(self.faults.reorder) {
                     self.stats.reordered += 1;
