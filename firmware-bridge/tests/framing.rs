@@ -460,7 +460,7 @@ fn build_stream(pieces: &[Piece]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Whole input, byte-by-byte and random chunking give identical results.
     #[test]

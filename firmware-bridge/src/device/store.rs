@@ -380,33 +380,10 @@ impl<F: Flash> ModelStore<F> {
         }
         let base = self.layout.slot_base[usize::from(upload.slot)];
         let sector = self.layout.sector_size;
-        // Erase every sector whose first byte this chunk writes.
-        let mut sector_start = offset.div_ceil(sector) * sector;
-        while sector_start < end {
-            self.flash
-                .erase_sector(base + sector_start)
-                .map_err(StoreError::Flash)?;
-            sector_start += sector;
-        }
-        // Write aligned bytes directly, then the padded tail.
-        let aligned_len = (len / align) * align;
-        let aligned_usize = aligned_len as usize;
-        if aligned_len > 0 {
-            self.flash
-                .write(base + offset, &data[..aligned_usize])
-                .map_err(StoreError::Flash)?;
-        }
-        if aligned_len < len {
-            let mut tail = [ERASED_BYTE; MAX_RECORD_LEN];
-            let rest = &data[aligned_usize..];
-            let padded = align as usize;
-            if padded > tail.len() {
-                return Err(StoreError::BadChunk);
-            }
-            tail[..rest.len()].copy_from_slice(rest);
-            self.flash
-                .write(base + offset + aligned_len, &tail[..padded])
-                .map_err(StoreError::Flash)?;
+        if let Err(e) = self.program_chunk(base, offset, data) {
+            // Partially programmed: resume from the durable checkpoint, whose sector gets erased again.
+            self.upload_next = upload.checkpoint;
+            return Err(StoreError::Flash(e));
         }
         self.upload_next = end;
         let checkpoint = if end == upload.manifest.image_len {
@@ -427,6 +404,32 @@ impl<F: Flash> ModelStore<F> {
             }
         }
         Ok(self.upload_status())
+    }
+
+    /// Erases every sector whose first byte the chunk writes, then programs the
+    /// chunk (the last partial write unit padded with erased bytes).
+    fn program_chunk(&mut self, base: u32, offset: u32, data: &[u8]) -> Result<(), F::Error> {
+        let sector = self.layout.sector_size;
+        let align = self.layout.write_align as usize;
+        let end = offset + data.len() as u32; // checked by the caller
+        let mut sector_start = offset.div_ceil(sector) * sector;
+        while sector_start < end {
+            self.flash.erase_sector(base + sector_start)?;
+            sector_start += sector;
+        }
+        let aligned_len = data.len() / align * align;
+        if aligned_len > 0 {
+            self.flash.write(base + offset, &data[..aligned_len])?;
+        }
+        if aligned_len < data.len() {
+            // align <= record_len <= MAX_RECORD_LEN, checked in `open`.
+            let mut tail = [ERASED_BYTE; MAX_RECORD_LEN];
+            let rest = &data[aligned_len..];
+            tail[..rest.len()].copy_from_slice(rest);
+            self.flash
+                .write(base + offset + aligned_len as u32, &tail[..align])?;
+        }
+        Ok(())
     }
 
     /// Verifies the complete upload (SHA-256 over the slot, signature, version) and marks it pending.
