@@ -625,3 +625,28 @@ impl<F: Flash> Transport for SimLink<F> {
         Ok(n)
     }
 }
+
+/// Creates a pseudo-terminal pair, calls `on_ready` with the path a host
+/// opens as its serial port (e.g. `/dev/pts/7`), then serves `device` on the
+/// other end until `stop` is set. This is what `edgeseg-tools device-sim` runs.
+#[cfg(unix)]
+pub fn serve_on_pty<F: Flash>(
+    device: &mut SimDevice<F>,
+    stop: &std::sync::atomic::AtomicBool,
+    on_ready: impl FnOnce(&str),
+) -> std::io::Result<()> {
+    use serialport::SerialPort;
+    let (mut device_end, host_end) = serialport::TTYPort::pair().map_err(std::io::Error::other)?;
+    device_end
+        .set_timeout(Duration::from_millis(20))
+        .map_err(std::io::Error::other)?;
+    let path = host_end
+        .name()
+        .ok_or_else(|| std::io::Error::other("pty has no name"))?;
+    on_ready(&path);
+    // Keep our handle on the host end open so the device end does not see EIO
+    // between host connections.
+    let result = run_device(device, &mut device_end, stop);
+    drop(host_end);
+    result
+}

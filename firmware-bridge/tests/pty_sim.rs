@@ -68,3 +68,48 @@ fn flash_over_pty_with_file_backed_flash() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn serve_on_pty_by_path_like_the_cli() {
+    let g = common::DEFAULT_GEOMETRY;
+    let device = sim_device(
+        g.flash(),
+        g.slot_sectors,
+        pinned_key(),
+        SimSelfTest::default(),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_device = Arc::clone(&stop);
+    let (path_tx, path_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let mut device = device;
+        edgeseg_bridge::sim::serve_on_pty(&mut device, &stop_device, |path| {
+            path_tx.send(path.to_owned()).unwrap()
+        })
+        .expect("serve");
+        device
+    });
+    let path = path_rx.recv().unwrap();
+    let options = ClientOptions {
+        timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    };
+    let img = image(5000, 2, 5);
+    // Two separate connections, as two CLI invocations would make.
+    {
+        let mut transport = SerialTransport::open(&path, 921_600).expect("open pty by path");
+        assert_eq!(device_info(&mut transport, options).unwrap().model, None);
+    }
+    {
+        let mut transport = SerialTransport::open(&path, 921_600).expect("reopen pty by path");
+        let report = flash_image(&mut transport, &img, options, |_| {}).unwrap();
+        assert_eq!(report.running.sha256, img.manifest.sha256);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let device = server.join().unwrap();
+    assert_eq!(
+        device.last_boot().running.map(|r| r.manifest),
+        Some(img.manifest)
+    );
+}
