@@ -395,3 +395,37 @@ fn add_group_order(s: &[u8]) -> [u8; 32] {
     }
     out
 }
+
+#[test]
+fn mask_results_go_to_the_latest_result_mailbox() {
+    let g = DEFAULT_GEOMETRY;
+    let mut dev = sim_device(
+        g.flash(),
+        g.slot_sectors,
+        pinned_key(),
+        SimSelfTest::default(),
+    )
+    .unwrap();
+    assert_eq!(dev.take_latest_mask(), None);
+    let mask = |frame_id| MaskResult {
+        frame_id,
+        score: 0.9,
+        bbox: PixelBox {
+            x0: 0,
+            y0: 0,
+            x1: 2,
+            y1: 1,
+        },
+        mask: RleMask::encode(2, 1, &[1, 1]).unwrap(),
+    };
+    // Through the byte interface, as the UART task would feed it; no reply is sent.
+    let mut replies = 0;
+    for id in [1, 2] {
+        let frame =
+            edgeseg_bridge::framing::encode_frame_vec(&Message::MaskResult(mask(id))).unwrap();
+        dev.receive_bytes(&frame, |_| replies += 1);
+    }
+    assert_eq!(replies, 0);
+    assert_eq!(dev.take_latest_mask(), Some(mask(2)), "newest result wins");
+    assert_eq!(dev.take_latest_mask(), None);
+}

@@ -4,8 +4,8 @@ use super::flash::Flash;
 use super::store::{BootReport, ModelStore, SelfTest, StoreError};
 use crate::framing::{encode_frame, FrameDecoder, FrameError, MAX_ENCODED_LEN, MAX_FRAME_LEN};
 use crate::protocol::{
-    negotiate_version, truncated, Capabilities, ErrorCode, ErrorReport, FirmwareVersion, Message,
-    MAX_CHUNK_DATA,
+    negotiate_version, truncated, Capabilities, ErrorCode, ErrorReport, FirmwareVersion,
+    MaskResult, Message, MAX_CHUNK_DATA,
 };
 use core::fmt::Write as _;
 
@@ -30,6 +30,7 @@ pub struct Device<F: Flash, S: SelfTest<F>> {
     negotiated: Option<u16>,
     decoder: FrameDecoder,
     last_boot: BootReport,
+    latest_mask: Option<MaskResult>,
 }
 
 impl<F: Flash, S: SelfTest<F>> Device<F, S> {
@@ -47,6 +48,7 @@ impl<F: Flash, S: SelfTest<F>> Device<F, S> {
             negotiated: None,
             decoder: FrameDecoder::new(),
             last_boot,
+            latest_mask: None,
         })
     }
 
@@ -58,6 +60,11 @@ impl<F: Flash, S: SelfTest<F>> Device<F, S> {
     /// Powers off, returning the store (and thus the flash).
     pub fn power_off(self) -> (ModelStore<F>, S) {
         (self.store, self.self_test)
+    }
+
+    /// Takes the newest mask result received from the host (for the display task).
+    pub fn take_latest_mask(&mut self) -> Option<MaskResult> {
+        self.latest_mask.take()
     }
 
     /// Report of the last boot.
@@ -124,7 +131,11 @@ impl<F: Flash, S: SelfTest<F>> Device<F, S> {
                 }
             }),
             Message::Heartbeat(beat) => Some(Message::Heartbeat(beat)),
-            Message::MaskResult(_) => None, // drawn by the display task in firmware
+            Message::MaskResult(mask) => {
+                // Latest-result mailbox: a newer mask replaces an undrawn older one.
+                self.latest_mask = Some(mask);
+                None
+            }
             Message::UploadBegin(_)
             | Message::UploadChunk(_)
             | Message::UploadCommit(_)
