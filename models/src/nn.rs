@@ -31,15 +31,246 @@ pub fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
-/// A linear layer `y = x Wᵀ + b` (PyTorch `nn.Linear` layout).
-pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<candle_nn::Linear> {
+/// Inference attention softmax fused in one parallel pass:
+/// `softmax(x · scale + bias)` over the last dimension, `x` contiguous
+/// `B×H×N×N`, `bias` `H×N×N` (or empty for none).
+#[derive(Debug, Clone)]
+pub struct ScaledSoftmax {
+    /// Multiplier applied before the bias.
+    pub scale: f32,
+    /// Additive bias `H×N×N` (empty: no bias).
+    pub bias: Vec<f32>,
+}
+
+impl CustomOp1 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "edgeseg-scaled-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("scaled softmax: only f32 is supported")
+        };
+        let Some((o1, o2)) = layout.contiguous_offsets() else {
+            candle_core::bail!("scaled softmax: input must be contiguous")
+        };
+        let src = &data[o1..o2];
+        let n = *layout.dims().last().unwrap_or(&1);
+        let bl = self.bias.len();
+        if n == 0 || (bl > 0 && (src.len() % bl != 0 || bl % n != 0)) {
+            candle_core::bail!(
+                "scaled softmax: bias of {bl} does not fit {:?}",
+                layout.dims()
+            )
+        }
+        let mut dst = vec![0f32; src.len()];
+        let rows_per_task = (4096 / n).max(1);
+        dst.par_chunks_mut(n * rows_per_task)
+            .zip(src.par_chunks(n * rows_per_task))
+            .enumerate()
+            .for_each(|(t, (d, s))| {
+                for (r, (dr, sr)) in d.chunks_mut(n).zip(s.chunks(n)).enumerate() {
+                    let row = t * rows_per_task + r;
+                    if bl > 0 {
+                        let off = (row * n) % bl;
+                        for ((o, &v), &b) in dr.iter_mut().zip(sr).zip(&self.bias[off..off + n]) {
+                            *o = v * self.scale + b;
+                        }
+                    } else {
+                        for (o, &v) in dr.iter_mut().zip(sr) {
+                            *o = v * self.scale;
+                        }
+                    }
+                    let mx = dr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for o in dr.iter_mut() {
+                        *o = (*o - mx).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    for o in dr.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b` (PyTorch `nn.Linear` layout) whose bias
+/// add (and optional GELU) is fused into one parallel pass in inference.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    w: Tensor,
+    b: Tensor,
+    mode: Mode,
+    add: BiasAct,
+    add_gelu: BiasAct,
+}
+
+/// Loads a [`Linear`] (`weight` `[d_out, d_in]`, `bias` `[d_out]`).
+pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize, mode: Mode) -> Result<Linear> {
     let w = vb.get_with_hints(
         (d_out, d_in),
         "weight",
         candle_nn::init::DEFAULT_KAIMING_NORMAL,
     )?;
     let b = vb.get_with_hints(d_out, "bias", Init::Const(0.0))?;
-    Ok(candle_nn::Linear::new(w, Some(b)))
+    let bias = match mode {
+        Mode::Inference => Some(b.to_vec1::<f32>()?),
+        Mode::Training => None,
+    };
+    Ok(Linear {
+        w,
+        b,
+        mode,
+        add: BiasAct {
+            bias: bias.clone(),
+            channel_dim_last: true,
+            gelu: false,
+        },
+        add_gelu: BiasAct {
+            bias,
+            channel_dim_last: true,
+            gelu: true,
+        },
+    })
+}
+
+impl Linear {
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let wt = self.w.t()?;
+        match *x.dims() {
+            [b1, b2, m, k] if x.is_contiguous() => x
+                .reshape((b1 * b2 * m, k))?
+                .matmul(&wt)?
+                .reshape((b1, b2, m, ())),
+            [b, m, k] if x.is_contiguous() => {
+                x.reshape((b * m, k))?.matmul(&wt)?.reshape((b, m, ()))
+            }
+            [_, _] => x.matmul(&wt),
+            _ => x.broadcast_matmul(&wt),
+        }
+    }
+
+    /// `gelu(x Wᵀ + b)` (exact GELU).
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        match self.mode {
+            Mode::Inference => self.matmul(x)?.apply_op1_no_bwd(&self.add_gelu),
+            Mode::Training => self.forward(x)?.gelu_erf(),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.mode {
+            Mode::Inference => self.matmul(x)?.apply_op1_no_bwd(&self.add),
+            Mode::Training => self.matmul(x)?.broadcast_add(&self.b),
+        }
+    }
+}
+
+/// Exact GELU `x/2 · (1 + erf(x/√2))` in the mode's form: a parallel CPU
+/// kernel in inference (erf as in PyTorch's vectorized CPU kernel), candle's
+/// differentiable `gelu_erf` in training.
+pub fn gelu(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => x.contiguous()?.apply_op1_no_bwd(&BiasAct {
+            bias: None,
+            channel_dim_last: true,
+            gelu: true,
+        }),
+        Mode::Training => x.gelu_erf(),
+    }
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), the formula of
+/// PyTorch's vectorized CPU `erf` used by its GELU kernel.
+#[inline]
+fn erf_as(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (0.327_591_1 * a + 1.0);
+    let r =
+        (((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6;
+    let y = 1.0 - r * t * (-(a * a)).exp();
+    y.copysign(x)
+}
+
+#[inline]
+fn gelu_f32(x: f32) -> f32 {
+    x * 0.5 * (1.0 + erf_as(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Fused, parallel `y = act(x + bias)` for inference: bias per channel of the
+/// last dimension or of dimension 1 (NCHW); optional exact GELU.
+#[derive(Debug, Clone)]
+struct BiasAct {
+    bias: Option<Vec<f32>>,
+    channel_dim_last: bool,
+    gelu: bool,
+}
+
+impl CustomOp1 for BiasAct {
+    fn name(&self) -> &'static str {
+        "edgeseg-bias-act"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("bias/act: only f32 is supported")
+        };
+        let Some((o1, o2)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias/act: input must be contiguous")
+        };
+        let src = &data[o1..o2];
+        let dims = layout.dims();
+        let gelu = self.gelu;
+        let mut dst = vec![0f32; src.len()];
+        match &self.bias {
+            None => {
+                dst.par_chunks_mut(1 << 14)
+                    .zip(src.par_chunks(1 << 14))
+                    .for_each(|(d, s)| {
+                        for (o, &v) in d.iter_mut().zip(s) {
+                            *o = if gelu { gelu_f32(v) } else { v };
+                        }
+                    });
+            }
+            Some(bias) => {
+                let c = bias.len();
+                let (chunk, per_channel) = if self.channel_dim_last {
+                    if dims.last() != Some(&c) {
+                        candle_core::bail!("bias/act: last dim of {dims:?} is not {c}")
+                    }
+                    (c, false)
+                } else {
+                    if dims.len() < 2 || dims[1] != c {
+                        candle_core::bail!("bias/act: dim 1 of {dims:?} is not {c}")
+                    }
+                    (dims[2..].iter().product::<usize>().max(1), true)
+                };
+                dst.par_chunks_mut(chunk)
+                    .zip(src.par_chunks(chunk))
+                    .enumerate()
+                    .for_each(|(i, (d, s))| {
+                        if per_channel {
+                            let b = bias[i % c];
+                            for (o, &v) in d.iter_mut().zip(s) {
+                                let y = v + b;
+                                *o = if gelu { gelu_f32(y) } else { y };
+                            }
+                        } else {
+                            for ((o, &v), &b) in d.iter_mut().zip(s).zip(bias) {
+                                let y = v + b;
+                                *o = if gelu { gelu_f32(y) } else { y };
+                            }
+                        }
+                    });
+            }
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
 }
 
 /// Layer norm over the last dimension (PyTorch `nn.LayerNorm`).
@@ -189,41 +420,47 @@ impl ConvGeom {
 }
 
 /// Convolution with weight `[c_out, c_in/groups, k, k]` and bias `[c_out]`,
-/// dispatched to the fastest form: 1×1 as a matrix product, depthwise with a
-/// hand-written kernel (inference only), else candle's `conv2d`.
+/// dispatched to the fastest form: depthwise with a hand-written kernel
+/// (inference only, bias and activation fused), 1×1 as a matrix product, else
+/// candle's `conv2d`; the bias (and activation) is then added by `bias_act`
+/// when given, else by a broadcast add.
 fn conv_forward(
     x: &Tensor,
     w: &Tensor,
-    b: &Tensor,
+    b: Option<&Tensor>,
     g: &ConvGeom,
     dw: Option<&DepthwiseOp>,
+    bias_act: Option<&BiasAct>,
 ) -> Result<Tensor> {
     if let Some(op) = dw {
         return x.contiguous()?.apply_op1_no_bwd(op);
     }
     let (bsz, _, h, wd) = x.dims4()?;
-    if g.k == 1 && g.stride == 1 && g.pad == 0 && g.groups == 1 {
+    let y = if g.k == 1 && g.stride == 1 && g.pad == 0 && g.groups == 1 {
         let w2 = w.reshape((g.c_out, g.c_in))?;
-        let y = w2
-            .broadcast_left(bsz)?
-            .matmul(&x.reshape((bsz, g.c_in, h * wd))?)?;
-        let y = y.broadcast_add(&b.reshape((1, g.c_out, 1))?)?;
-        return y.reshape((bsz, g.c_out, h, wd));
+        w2.broadcast_left(bsz)?
+            .matmul(&x.reshape((bsz, g.c_in, h * wd))?)?
+            .reshape((bsz, g.c_out, h, wd))?
+    } else {
+        x.conv2d(w, g.pad, g.stride, 1, g.groups)?
+    };
+    match (bias_act, b) {
+        (Some(op), _) => y.apply_op1_no_bwd(op),
+        (None, Some(b)) => y.broadcast_add(&b.reshape((1, g.c_out, 1, 1))?),
+        (None, None) => Ok(y),
     }
-    let y = x.conv2d(w, g.pad, g.stride, 1, g.groups)?;
-    y.broadcast_add(&b.reshape((1, g.c_out, 1, 1))?)
 }
 
 /// A plain convolution with bias (PyTorch `nn.Conv2d`, `weight` and `bias`).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     w: Tensor,
-    b: Tensor,
+    b: Option<Tensor>,
     g: ConvGeom,
 }
 
 impl Conv2d {
-    /// Loads `weight` (and `bias` when `bias` is true; zeros otherwise).
+    /// Loads `weight` (and `bias` when `bias` is true).
     pub fn new(vb: VarBuilder, g: ConvGeom, bias: bool) -> Result<Self> {
         let w = vb.get_with_hints(
             (g.c_out, g.c_in / g.groups, g.k, g.k),
@@ -231,9 +468,9 @@ impl Conv2d {
             candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
         let b = if bias {
-            vb.get_with_hints(g.c_out, "bias", Init::Const(0.0))?
+            Some(vb.get_with_hints(g.c_out, "bias", Init::Const(0.0))?)
         } else {
-            Tensor::zeros(g.c_out, w.dtype(), w.device())?
+            None
         };
         Ok(Self { w, b, g })
     }
@@ -241,7 +478,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv_forward(x, &self.w, &self.b, &self.g, None)
+        conv_forward(x, &self.w, self.b.as_ref(), &self.g, None, None)
     }
 }
 
@@ -263,13 +500,16 @@ pub struct Conv2dBn {
     var: Tensor,
     folded: Option<(Tensor, Tensor)>,
     dw: Option<DepthwiseOp>,
+    bias_act: Option<BiasAct>,
+    gelu: bool,
 }
 
 const BN_EPS: f64 = 1e-5;
 
 impl Conv2dBn {
-    /// Loads `c.weight` and the `bn.*` tensors under `vb`.
-    pub fn new(vb: VarBuilder, g: ConvGeom, mode: Mode) -> Result<Self> {
+    /// Loads `c.weight` and the `bn.*` tensors under `vb`; `gelu` appends an
+    /// exact GELU (fused into the convolution's output pass in inference).
+    pub fn new(vb: VarBuilder, g: ConvGeom, mode: Mode, gelu: bool) -> Result<Self> {
         let conv_w = vb.pp("c").get_with_hints(
             (g.c_out, g.c_in / g.groups, g.k, g.k),
             "weight",
@@ -289,6 +529,8 @@ impl Conv2dBn {
             var,
             folded: None,
             dw: None,
+            bias_act: None,
+            gelu,
         };
         if mode == Mode::Inference {
             let (w, b) = s.fold()?;
@@ -299,8 +541,14 @@ impl Conv2dBn {
                     k: g.k,
                     stride: g.stride,
                     pad: g.pad,
+                    gelu,
                 });
             }
+            s.bias_act = Some(BiasAct {
+                bias: Some(b.to_vec1()?),
+                channel_dim_last: false,
+                gelu,
+            });
             s.folded = Some((w.detach(), b.detach()));
         }
         Ok(s)
@@ -320,10 +568,22 @@ impl Conv2dBn {
 impl Module for Conv2dBn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.folded {
-            Some((w, b)) => conv_forward(x, w, b, &self.g, self.dw.as_ref()),
+            Some((w, b)) => conv_forward(
+                x,
+                w,
+                Some(b),
+                &self.g,
+                self.dw.as_ref(),
+                self.bias_act.as_ref(),
+            ),
             None => {
                 let (w, b) = self.fold()?;
-                conv_forward(x, &w, &b, &self.g, None)
+                let y = conv_forward(x, &w, Some(&b), &self.g, None, None)?;
+                if self.gelu {
+                    y.gelu_erf()
+                } else {
+                    Ok(y)
+                }
             }
         }
     }
@@ -338,6 +598,7 @@ struct DepthwiseOp {
     k: usize,
     stride: usize,
     pad: usize,
+    gelu: bool,
 }
 
 impl CustomOp1 for DepthwiseOp {
@@ -402,7 +663,11 @@ impl CustomOp1 for DepthwiseOp {
                         }
                     }
                     let bv = self.b[ch];
-                    orow.iter_mut().for_each(|o| *o += bv);
+                    if self.gelu {
+                        orow.iter_mut().for_each(|o| *o = gelu_f32(*o + bv));
+                    } else {
+                        orow.iter_mut().for_each(|o| *o += bv);
+                    }
                 }
             });
         Ok((CpuStorage::F32(dst), Shape::from_dims(&[bsz, c, ho, wo])))
@@ -451,17 +716,24 @@ impl Module for ConvTranspose2x2 {
 /// SAM's `MLP`: `num_layers` linear layers with ReLU between them.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    layers: Vec<candle_nn::Linear>,
+    layers: Vec<Linear>,
 }
 
 impl Mlp {
     /// Loads `layers.{i}.weight/bias`.
-    pub fn new(vb: VarBuilder, d_in: usize, hidden: usize, d_out: usize, n: usize) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        d_in: usize,
+        hidden: usize,
+        d_out: usize,
+        n: usize,
+        mode: Mode,
+    ) -> Result<Self> {
         let mut layers = Vec::with_capacity(n);
         for i in 0..n {
             let a = if i == 0 { d_in } else { hidden };
             let b = if i + 1 == n { d_out } else { hidden };
-            layers.push(linear(vb.pp(format!("layers.{i}")), a, b)?);
+            layers.push(linear(vb.pp(format!("layers.{i}")), a, b, mode)?);
         }
         Ok(Self { layers })
     }
@@ -534,7 +806,7 @@ mod tests {
                 groups: 6,
             };
             let name = format!("dw{i}");
-            let train = Conv2dBn::new(vb.pp(&name), g, Mode::Training).unwrap();
+            let train = Conv2dBn::new(vb.pp(&name), g, Mode::Training, i % 2 == 0).unwrap();
             // non-trivial BN statistics
             for (n, v) in vm.data().lock().unwrap().iter() {
                 if n.starts_with(&name) && n.contains("bn.") {
@@ -542,7 +814,7 @@ mod tests {
                         .unwrap();
                 }
             }
-            let inf = Conv2dBn::new(vb.pp(&name), g, Mode::Inference).unwrap();
+            let inf = Conv2dBn::new(vb.pp(&name), g, Mode::Inference, i % 2 == 0).unwrap();
             let x = randn(&[2, 6, *h, *w], 7);
             let a = train.forward(&x).unwrap();
             let b = inf.forward(&x).unwrap();

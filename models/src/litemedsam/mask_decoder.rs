@@ -6,15 +6,17 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::LiteMedSamConfig;
-use crate::nn::{linear, softmax_last, ConvTranspose2x2, LayerNorm, LayerNorm2d, Mlp, Mode};
+use crate::nn::{
+    gelu, linear, softmax_last, ConvTranspose2x2, LayerNorm, LayerNorm2d, Linear, Mlp, Mode,
+};
 
 /// SAM attention with optional internal downsampling of the embedding width.
 #[derive(Debug, Clone)]
 struct Attention {
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
-    out: candle_nn::Linear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
     heads: usize,
     mode: Mode,
 }
@@ -29,10 +31,10 @@ impl Attention {
     ) -> Result<Self> {
         let inner = dim / downsample;
         Ok(Self {
-            q: linear(vb.pp("q_proj"), dim, inner)?,
-            k: linear(vb.pp("k_proj"), dim, inner)?,
-            v: linear(vb.pp("v_proj"), dim, inner)?,
-            out: linear(vb.pp("out_proj"), inner, dim)?,
+            q: linear(vb.pp("q_proj"), dim, inner, mode)?,
+            k: linear(vb.pp("k_proj"), dim, inner, mode)?,
+            v: linear(vb.pp("v_proj"), dim, inner, mode)?,
+            out: linear(vb.pp("out_proj"), inner, dim, mode)?,
             heads,
             mode,
         })
@@ -66,8 +68,8 @@ struct TwoWayBlock {
     norm1: LayerNorm,
     cross_t2i: Attention,
     norm2: LayerNorm,
-    lin1: candle_nn::Linear,
-    lin2: candle_nn::Linear,
+    lin1: Linear,
+    lin2: Linear,
     norm3: LayerNorm,
     norm4: LayerNorm,
     cross_i2t: Attention,
@@ -87,8 +89,8 @@ impl TwoWayBlock {
             norm1: LayerNorm::new(vb.pp("norm1"), d, 1e-5, mode)?,
             cross_t2i: Attention::new(vb.pp("cross_attn_token_to_image"), d, h, 2, mode)?,
             norm2: LayerNorm::new(vb.pp("norm2"), d, 1e-5, mode)?,
-            lin1: linear(vb.pp("mlp.lin1"), d, cfg.decoder_mlp_dim)?,
-            lin2: linear(vb.pp("mlp.lin2"), cfg.decoder_mlp_dim, d)?,
+            lin1: linear(vb.pp("mlp.lin1"), d, cfg.decoder_mlp_dim, mode)?,
+            lin2: linear(vb.pp("mlp.lin2"), cfg.decoder_mlp_dim, d, mode)?,
             norm3: LayerNorm::new(vb.pp("norm3"), d, 1e-5, mode)?,
             norm4: LayerNorm::new(vb.pp("norm4"), d, 1e-5, mode)?,
             cross_i2t: Attention::new(vb.pp("cross_attn_image_to_token"), d, h, 2, mode)?,
@@ -138,6 +140,7 @@ pub struct MaskDecoder {
     hyper: Vec<Mlp>,
     iou_head: Mlp,
     num_mask_tokens: usize,
+    mode: Mode,
 }
 
 impl MaskDecoder {
@@ -179,6 +182,7 @@ impl MaskDecoder {
                         d,
                         d / 8,
                         3,
+                        mode,
                     )
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -188,8 +192,10 @@ impl MaskDecoder {
                 cfg.iou_head_hidden_dim,
                 nm,
                 cfg.iou_head_depth,
+                mode,
             )?,
             num_mask_tokens: nm,
+            mode,
         })
     }
 
@@ -236,8 +242,8 @@ impl MaskDecoder {
         let iou_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let src = keys.transpose(1, 2)?.reshape((b, c, h, w))?;
         let up = self.up1.forward(&src)?;
-        let up = self.up_norm.forward(&up)?.gelu_erf()?;
-        let up = self.up2.forward(&up)?.gelu_erf()?;
+        let up = gelu(&self.up_norm.forward(&up)?, self.mode)?;
+        let up = gelu(&self.up2.forward(&up)?, self.mode)?;
         let hyper = (0..self.num_mask_tokens)
             .map(|i| self.hyper[i].forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;

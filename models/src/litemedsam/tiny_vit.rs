@@ -7,8 +7,12 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::LiteMedSamConfig;
-use crate::nn::{linear, softmax_last, Conv2d, Conv2dBn, ConvGeom, LayerNorm, LayerNorm2d, Mode};
+use crate::nn::{
+    gelu, linear, softmax_last, Conv2d, Conv2dBn, ConvGeom, LayerNorm, LayerNorm2d, Linear, Mode,
+    ScaledSoftmax,
+};
 
+#[allow(clippy::too_many_arguments)] // private helper mirroring Conv2d_BN(a, b, ks, stride, pad, groups)
 fn conv_bn(
     vb: VarBuilder,
     c_in: usize,
@@ -17,6 +21,7 @@ fn conv_bn(
     stride: usize,
     groups: usize,
     mode: Mode,
+    gelu: bool,
 ) -> Result<Conv2dBn> {
     Conv2dBn::new(
         vb,
@@ -29,6 +34,7 @@ fn conv_bn(
             groups,
         },
         mode,
+        gelu,
     )
 }
 
@@ -42,13 +48,13 @@ struct PatchEmbed {
 impl PatchEmbed {
     fn new(vb: VarBuilder, c_in: usize, dim: usize, mode: Mode) -> Result<Self> {
         Ok(Self {
-            c1: conv_bn(vb.pp("seq.0"), c_in, dim / 2, 1, 1, 1, mode)?,
-            c2: conv_bn(vb.pp("seq.2"), dim / 2, dim, 1, 1, 1, mode)?,
+            c1: conv_bn(vb.pp("seq.0"), c_in, dim / 2, 1, 1, 1, mode, true)?,
+            c2: conv_bn(vb.pp("seq.2"), dim / 2, dim, 1, 1, 1, mode, false)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.c2.forward(&self.c1.forward(x)?.gelu_erf()?)
+        self.c2.forward(&self.c1.forward(x)?)
     }
 }
 
@@ -58,23 +64,25 @@ struct MbConv {
     conv1: Conv2dBn,
     conv2: Conv2dBn,
     conv3: Conv2dBn,
+    mode: Mode,
 }
 
 impl MbConv {
     fn new(vb: VarBuilder, dim: usize, expand: usize, mode: Mode) -> Result<Self> {
         let hid = dim * expand;
         Ok(Self {
-            conv1: conv_bn(vb.pp("conv1"), dim, hid, 1, 1, 1, mode)?,
-            conv2: conv_bn(vb.pp("conv2"), hid, hid, 3, 1, hid, mode)?,
-            conv3: conv_bn(vb.pp("conv3"), hid, dim, 1, 1, 1, mode)?,
+            conv1: conv_bn(vb.pp("conv1"), dim, hid, 1, 1, 1, mode, true)?,
+            conv2: conv_bn(vb.pp("conv2"), hid, hid, 3, 1, hid, mode, true)?,
+            conv3: conv_bn(vb.pp("conv3"), hid, dim, 1, 1, 1, mode, false)?,
+            mode,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv1.forward(x)?.gelu_erf()?;
-        let y = self.conv2.forward(&y)?.gelu_erf()?;
+        let y = self.conv1.forward(x)?;
+        let y = self.conv2.forward(&y)?;
         let y = self.conv3.forward(&y)?;
-        (y + x)?.gelu_erf()
+        gelu(&(y + x)?, self.mode)
     }
 }
 
@@ -98,9 +106,9 @@ impl PatchMerging {
         mode: Mode,
     ) -> Result<Self> {
         Ok(Self {
-            conv1: conv_bn(vb.pp("conv1"), dim, out, 1, 1, 1, mode)?,
-            conv2: conv_bn(vb.pp("conv2"), out, out, 3, stride, out, mode)?,
-            conv3: conv_bn(vb.pp("conv3"), out, out, 1, 1, 1, mode)?,
+            conv1: conv_bn(vb.pp("conv1"), dim, out, 1, 1, 1, mode, true)?,
+            conv2: conv_bn(vb.pp("conv2"), out, out, 3, stride, out, mode, true)?,
+            conv3: conv_bn(vb.pp("conv3"), out, out, 1, 1, 1, mode, false)?,
             res,
         })
     }
@@ -114,8 +122,8 @@ impl PatchMerging {
         } else {
             x.clone()
         };
-        let x = self.conv1.forward(&x)?.gelu_erf()?;
-        let x = self.conv2.forward(&x)?.gelu_erf()?;
+        let x = self.conv1.forward(&x)?;
+        let x = self.conv2.forward(&x)?;
         let x = self.conv3.forward(&x)?;
         x.flatten_from(2)?.transpose(1, 2)?.contiguous()
     }
@@ -126,11 +134,11 @@ impl PatchMerging {
 #[derive(Debug, Clone)]
 struct Attention {
     norm: LayerNorm,
-    qkv: candle_nn::Linear,
-    proj: candle_nn::Linear,
+    qkv: Linear,
+    proj: Linear,
     biases: Tensor,
     idxs: Tensor,
-    ab: Option<Tensor>,
+    fused: Option<ScaledSoftmax>,
     heads: usize,
     key_dim: usize,
     scale: f64,
@@ -166,11 +174,11 @@ impl Attention {
         let idxs = Tensor::from_vec(idxs, n * n, biases.device())?;
         let mut a = Self {
             norm: LayerNorm::new(vb.pp("norm"), dim, 1e-5, mode)?,
-            qkv: linear(vb.pp("qkv"), dim, 3 * dim)?,
-            proj: linear(vb.pp("proj"), dim, dim)?,
+            qkv: linear(vb.pp("qkv"), dim, 3 * dim, mode)?,
+            proj: linear(vb.pp("proj"), dim, dim, mode)?,
             biases,
             idxs,
-            ab: None,
+            fused: None,
             heads,
             key_dim,
             scale: (key_dim as f64).powf(-0.5),
@@ -178,7 +186,10 @@ impl Attention {
             mode,
         };
         if mode == Mode::Inference {
-            a.ab = Some(a.bias_table()?.detach());
+            a.fused = Some(ScaledSoftmax {
+                scale: a.scale as f32,
+                bias: a.bias_table()?.flatten_all()?.to_vec1()?,
+            });
         }
         Ok(a)
     }
@@ -201,12 +212,14 @@ impl Attention {
             .narrow(3, 2 * kd, kd)?
             .permute((0, 2, 1, 3))?
             .contiguous()?;
-        let ab = match &self.ab {
-            Some(ab) => ab.clone(),
-            None => self.bias_table()?,
+        let logits = q.matmul(&k.t()?)?;
+        let attn = match &self.fused {
+            Some(op) => logits.apply_op1_no_bwd(op)?,
+            None => {
+                let attn = (logits * self.scale)?.broadcast_add(&self.bias_table()?)?;
+                softmax_last(&attn, self.mode)?
+            }
         };
-        let attn = (q.matmul(&k.t()?)? * self.scale)?.broadcast_add(&ab)?;
-        let attn = softmax_last(&attn, self.mode)?;
         let y = attn
             .matmul(&v)?
             .transpose(1, 2)?
@@ -219,22 +232,22 @@ impl Attention {
 #[derive(Debug, Clone)]
 struct VitMlp {
     norm: LayerNorm,
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 impl VitMlp {
     fn new(vb: VarBuilder, dim: usize, hidden: usize, mode: Mode) -> Result<Self> {
         Ok(Self {
             norm: LayerNorm::new(vb.pp("norm"), dim, 1e-5, mode)?,
-            fc1: linear(vb.pp("fc1"), dim, hidden)?,
-            fc2: linear(vb.pp("fc2"), hidden, dim)?,
+            fc1: linear(vb.pp("fc1"), dim, hidden, mode)?,
+            fc2: linear(vb.pp("fc2"), hidden, dim, mode)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.norm.forward(x)?;
-        self.fc2.forward(&self.fc1.forward(&x)?.gelu_erf()?)
+        self.fc2.forward(&self.fc1.forward_gelu(&x)?)
     }
 }
 
@@ -270,6 +283,7 @@ impl VitBlock {
                 1,
                 dim,
                 mode,
+                false,
             )?,
             res,
             window,
