@@ -512,8 +512,28 @@ pub struct SimLink<F: Flash> {
     faults: LinkFaults,
     rng: SplitMix64,
     disconnected: bool,
+    line: Option<LineModel>,
+    line_time: Duration,
     /// Counters.
     pub stats: LinkStats,
+}
+
+/// Timing model of a UART line for [`SimLink`] (virtual time, nothing sleeps):
+/// each byte costs 10 bit times (8N1) in its direction, each frame the device
+/// answers costs `device_latency` (processing, flash writes, USB latency), and
+/// a host wait that times out costs the full timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineModel {
+    /// Baud rate.
+    pub baud: u32,
+    /// Device turnaround per answered frame.
+    pub device_latency: Duration,
+}
+
+impl LineModel {
+    fn wire_time(&self, bytes: usize) -> Duration {
+        Duration::from_secs_f64(bytes as f64 * 10.0 / f64::from(self.baud.max(1)))
+    }
 }
 
 impl<F: Flash> SimLink<F> {
@@ -526,8 +546,21 @@ impl<F: Flash> SimLink<F> {
             faults,
             rng: SplitMix64::new(seed),
             disconnected: false,
+            line: None,
+            line_time: Duration::ZERO,
             stats: LinkStats::default(),
         }
+    }
+
+    /// Adds a UART timing model; [`Self::line_time`] then accumulates virtual time.
+    pub fn with_line_model(mut self, line: LineModel) -> Self {
+        self.line = Some(line);
+        self
+    }
+
+    /// Virtual time spent on the line under the [`LineModel`] (zero without one).
+    pub fn line_time(&self) -> Duration {
+        self.line_time
     }
 
     /// Disconnects and returns the device.
@@ -592,6 +625,9 @@ impl<F: Flash> Transport for SimLink<F> {
         }
         self.stats.host_frames += 1;
         self.stats.host_bytes += bytes.len() as u64;
+        if let Some(line) = self.line {
+            self.line_time += line.wire_time(bytes.len());
+        }
         let mut replies = Vec::new();
         for copy in self.corrupt(bytes) {
             self.device
@@ -599,6 +635,9 @@ impl<F: Flash> Transport for SimLink<F> {
         }
         for reply in replies {
             self.stats.device_bytes += reply.len() as u64;
+            if let Some(line) = self.line {
+                self.line_time += line.device_latency + line.wire_time(reply.len());
+            }
             for copy in self.corrupt(&reply) {
                 if self.held_reply.is_none() && self.rng.chance(self.faults.reorder) {
                     self.stats.reordered += 1;
@@ -614,9 +653,12 @@ impl<F: Flash> Transport for SimLink<F> {
         Ok(())
     }
 
-    fn recv(&mut self, buf: &mut [u8], _timeout: Duration) -> Result<usize, TransportError> {
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, TransportError> {
         if self.disconnected {
             return Err(TransportError::Disconnected);
+        }
+        if self.to_host.is_empty() && self.line.is_some() {
+            self.line_time += timeout;
         }
         let n = buf.len().min(self.to_host.len());
         for (slot, byte) in buf.iter_mut().zip(self.to_host.drain(..n)) {

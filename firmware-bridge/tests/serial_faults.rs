@@ -318,3 +318,48 @@ fn disconnect_at_every_chunk_boundary_resumes() {
     assert!(interrupted > 10);
     assert_eq!(restarted_with_progress, 0);
 }
+
+/// Upload throughput at 921600 baud under a UART timing model (virtual time):
+/// payload bytes per second relative to the line rate baud/10.
+#[test]
+fn throughput_model_at_921600_baud() {
+    use edgeseg_bridge::sim::LineModel;
+    use std::time::Duration;
+    let geometry = common::Geometry {
+        sector: 4096,
+        align: 8,
+        slot_sectors: 16,
+    };
+    let img = image(60_000, 1, 3);
+    let baud = 921_600;
+    let mut ratios = Vec::new();
+    for latency_us in [0u64, 200, 1000] {
+        let device = sim_device(
+            geometry.flash(),
+            geometry.slot_sectors,
+            pinned_key(),
+            SimSelfTest::default(),
+        )
+        .unwrap();
+        let line = LineModel {
+            baud,
+            device_latency: Duration::from_micros(latency_us),
+        };
+        let mut link = SimLink::new(device, LinkFaults::default(), 1).with_line_model(line);
+        let report = flash_image(&mut link, &img, options(), |_| {}).unwrap();
+        assert_eq!(report.running.sha256, img.manifest.sha256);
+        let rate = img.bytes.len() as f64 / link.line_time().as_secs_f64();
+        let ratio = rate / (f64::from(baud) / 10.0);
+        println!("model 921600 baud, device turnaround {latency_us} us: {:.1} kB/s = {:.1}% of line rate (whole session incl. hello/commit/reset)", rate / 1000.0, ratio * 100.0);
+        ratios.push(ratio);
+    }
+    assert!(
+        ratios[0] >= 0.85 && ratios[0] < 1.0,
+        "wire-limited efficiency {:.3}",
+        ratios[0]
+    );
+    assert!(
+        ratios[2] < ratios[0],
+        "turnaround latency must cost throughput in a stop-and-wait protocol"
+    );
+}
