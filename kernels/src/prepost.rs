@@ -34,20 +34,6 @@ pub enum PrepError {
     /// A zero or otherwise unusable size.
     #[error("invalid size: {0}")]
     BadSize(String),
-    /// The requested resize is not a shrink on both axes.
-    #[error(
-        "area resize {src_h}x{src_w} -> {dst_h}x{dst_w} enlarges an axis; only shrinking (or identity) is implemented"
-    )]
-    Enlarge {
-        /// Source height.
-        src_h: usize,
-        /// Source width.
-        src_w: usize,
-        /// Destination height.
-        dst_h: usize,
-        /// Destination width.
-        dst_w: usize,
-    },
 }
 
 fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), PrepError> {
@@ -140,7 +126,9 @@ fn saturate_u8(v: f32) -> u8 {
 ///   `sum[dx] += wy * buf[dx]` in f32, written with round-half-even when the
 ///   destination row changes.
 ///
-/// Enlarging either axis is not implemented and gives [`PrepError::Enlarge`].
+/// When either axis is enlarged (images smaller than 256), OpenCV emulates
+/// area interpolation with a bilinear variant; see `resize_area_enlarge` (not
+/// verified against cv2: no golden data exist for that case).
 pub fn resize_area_u8(
     src: &[u8],
     src_h: usize,
@@ -159,12 +147,7 @@ pub fn resize_area_u8(
         return Ok(src.to_vec());
     }
     if dst_h > src_h || dst_w > src_w {
-        return Err(PrepError::Enlarge {
-            src_h,
-            src_w,
-            dst_h,
-            dst_w,
-        });
+        return Ok(resize_area_enlarge(src, src_h, src_w, c, dst_h, dst_w));
     }
     // OpenCV: inv_scale = (double)dsize / ssize; scale = 1. / inv_scale.
     let scale_x = 1.0 / (dst_w as f64 / src_w as f64);
@@ -249,6 +232,75 @@ fn resize_area_fast(
                     saturate_u8(s as f32 * inv_area)
                 };
             }
+        }
+    }
+    out
+}
+
+/// Per-axis source index, right-border flag and fixed-point weights of
+/// OpenCV's `INTER_AREA` enlarge mode: `sx = floor(dx·scale)`,
+/// `fx = (dx+1) − (sx+1)/scale` (f32), `fx ≤ 0 → 0`, else its fractional part;
+/// at the border `sx = size−1, fx = 0`; weights `round((1−fx)·2048)`,
+/// `round(fx·2048)`.
+fn enlarge_axis(ssize: usize, dsize: usize) -> Vec<(usize, bool, i32, i32)> {
+    let inv_scale = dsize as f64 / ssize as f64;
+    let scale = 1.0 / inv_scale;
+    (0..dsize)
+        .map(|dx| {
+            let mut sx = (dx as f64 * scale).floor() as i64;
+            let mut fx = ((dx + 1) as f64 - (sx + 1) as f64 * inv_scale) as f32;
+            fx = if fx <= 0.0 { 0.0 } else { fx - fx.floor() };
+            let border = sx + 1 >= ssize as i64;
+            if sx >= ssize as i64 - 1 {
+                fx = 0.0;
+                sx = ssize as i64 - 1;
+            }
+            let a0 = ((1.0 - fx) * 2048.0).round_ties_even() as i32;
+            let a1 = (fx * 2048.0).round_ties_even() as i32;
+            (sx.max(0) as usize, border, a0, a1)
+        })
+        .collect()
+}
+
+/// OpenCV's `INTER_AREA` when an axis is enlarged: bilinear interpolation with
+/// area-style coefficients in 11-bit fixed point (`resizeGeneric_` with
+/// `HResizeLinear` / `VResizeLinear`): horizontal `S[sx]·a0 + S[sx+1]·a1`
+/// (`S[sx]·2048` at the right border), vertical `(b0·r0 + b1·r1 + 2²¹) >> 22`.
+/// OpenCV's SIMD vertical pass rounds in two steps and may differ from this by
+/// one grey level on some pixels.
+fn resize_area_enlarge(
+    src: &[u8],
+    src_h: usize,
+    src_w: usize,
+    c: usize,
+    dst_h: usize,
+    dst_w: usize,
+) -> Vec<u8> {
+    let xs = enlarge_axis(src_w, dst_w);
+    let ys = enlarge_axis(src_h, dst_h);
+    let hrow = |sy: usize| -> Vec<i32> {
+        let row = &src[sy * src_w * c..(sy + 1) * src_w * c];
+        let mut out = Vec::with_capacity(dst_w * c);
+        for &(sx, border, a0, a1) in &xs {
+            for k in 0..c {
+                let v0 = i32::from(row[sx * c + k]);
+                out.push(if border {
+                    v0 * 2048
+                } else {
+                    v0 * a0 + i32::from(row[(sx + 1) * c + k]) * a1
+                });
+            }
+        }
+        out
+    };
+    let mut out = Vec::with_capacity(dst_h * dst_w * c);
+    for &(sy, _, b0, b1) in &ys {
+        let r0 = hrow(sy);
+        let r1 = hrow((sy + 1).min(src_h - 1));
+        for (&v0, &v1) in r0.iter().zip(&r1) {
+            let v =
+                (i64::from(b0) * i64::from(v0) + i64::from(b1) * i64::from(v1) + (1 << 21)) >> 22;
+            out.push(v.clamp(0, 255) as u8);
         }
     }
     out
@@ -482,11 +534,23 @@ mod tests {
     }
 
     #[test]
+    fn enlarge_path_interpolates() {
+        // constant stays constant, and a 2x enlarge of a ramp is monotone with
+        // the source values at OpenCV's area-mode sample positions
+        assert_eq!(resize_area_u8(&[9; 6], 2, 3, 1, 5, 7).unwrap(), vec![9; 35]);
+        let up = resize_area_u8(&[0, 100], 1, 2, 1, 1, 4).unwrap();
+        // dx=0: sx=0, fx=0 -> 0; dx=1: sx=0, fx=2-2=0 -> 0; dx=2: sx=1 (border) -> 100
+        assert_eq!(up, vec![0, 0, 100, 100]);
+        let up = resize_area_u8(&[0, 100, 200], 1, 3, 1, 1, 4).unwrap();
+        // scale 0.75: dx=1: sx=0, fx=2-4/3=0.667 -> 66.7 -> 67
+        assert_eq!(up[0], 0);
+        assert_eq!(up[1], 67);
+        assert!(up.windows(2).all(|w| w[0] <= w[1]), "{up:?}");
+    }
+
+    #[test]
     fn resize_rejects_bad_input() {
-        assert!(matches!(
-            resize_area_u8(&[0; 4], 2, 2, 1, 3, 3),
-            Err(PrepError::Enlarge { .. })
-        ));
+        assert!(resize_area_u8(&[0; 4], 2, 2, 1, 3, 3).is_ok());
         assert!(matches!(
             resize_area_u8(&[0; 3], 2, 2, 1, 1, 1),
             Err(PrepError::BadLength { .. })

