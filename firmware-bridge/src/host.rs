@@ -399,6 +399,26 @@ impl SignedImage {
         })
     }
 
+    /// Assembles an image from bytes, version and a detached signature made
+    /// elsewhere (e.g. by `edgeseg-tools sign`) over [`ImageManifest::signed_bytes`].
+    pub fn from_parts(
+        bytes: Vec<u8>,
+        version: u32,
+        signature: [u8; 64],
+    ) -> Result<Self, HostError> {
+        let manifest = Self::manifest_for(&bytes, version)?;
+        Ok(SignedImage {
+            manifest,
+            signature: SignatureBytes(signature),
+            bytes,
+        })
+    }
+
+    /// Checks the signature on the host before uploading (the device checks again).
+    pub fn verify(&self, key: &crate::device::PinnedKey) -> Result<(), crate::device::VerifyError> {
+        key.verify(&self.manifest, &self.signature)
+    }
+
     /// Builds the manifest that must be signed for `bytes` at `version`.
     pub fn manifest_for(bytes: &[u8], version: u32) -> Result<ImageManifest, HostError> {
         let image_len = u32::try_from(bytes.len()).map_err(|_| HostError::ImageTooLarge {

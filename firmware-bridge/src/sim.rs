@@ -363,6 +363,52 @@ pub const SIM_DEVICE_INFO: DeviceInfo = DeviceInfo {
 /// A simulated device.
 pub type SimDevice<F> = Device<F, SimSelfTest>;
 
+/// Flash geometry of a simulated device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimGeometry {
+    /// Erase unit in bytes.
+    pub sector_size: u32,
+    /// Write unit in bytes.
+    pub write_align: u32,
+    /// Sectors per model slot.
+    pub slot_sectors: u32,
+}
+
+impl Default for SimGeometry {
+    /// 4 KiB sectors, 8-byte writes, 4 MiB slots.
+    fn default() -> Self {
+        SimGeometry {
+            sector_size: 4096,
+            write_align: 8,
+            slot_sectors: 1024,
+        }
+    }
+}
+
+impl SimGeometry {
+    /// Sectors of the whole flash (two status sectors + two slots).
+    pub fn total_sectors(&self) -> u32 {
+        2 + 2 * self.slot_sectors
+    }
+}
+
+/// Opens (or creates) a file-backed simulated device at `path`: what
+/// `edgeseg-tools device-sim` runs. The model survives restarts.
+pub fn open_file_device(
+    path: &std::path::Path,
+    geometry: SimGeometry,
+    key: PinnedKey,
+) -> Result<SimDevice<FileFlash>, SimError> {
+    let flash = FileFlash::open(
+        path,
+        geometry.sector_size,
+        geometry.write_align,
+        geometry.total_sectors(),
+    )
+    .map_err(|e| SimError(format!("{}: {e}", path.display())))?;
+    sim_device(flash, geometry.slot_sectors, key, SimSelfTest::default())
+}
+
 /// Powers on a simulated device on `flash` with the standard layout.
 pub fn sim_device<F: Flash>(
     flash: F,

@@ -7,7 +7,9 @@ mod common;
 
 use common::{image, pinned_key};
 use edgeseg_bridge::host::{device_info, flash_image, ClientOptions, SerialTransport};
-use edgeseg_bridge::sim::{run_device, sim_device, FileFlash, SimSelfTest};
+use edgeseg_bridge::sim::{
+    open_file_device, run_device, sim_device, FileFlash, SimGeometry, SimSelfTest,
+};
 use serialport::SerialPort;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +46,7 @@ fn flash_over_pty_with_file_backed_flash() {
     assert_eq!(caps.model, None);
 
     let img = image(40_000, 1, 77);
+    assert!(img.verify(&pinned_key()).is_ok(), "host-side pre-check");
     let started = std::time::Instant::now();
     let report = flash_image(&mut transport, &img, options, |_| {}).unwrap();
     let elapsed = started.elapsed();
@@ -60,8 +63,12 @@ fn flash_over_pty_with_file_backed_flash() {
     drop(device);
 
     // The model survives a restart of the simulator (file-backed flash).
-    let flash = FileFlash::open(&path, SECTOR, ALIGN, 2 + 2 * SLOT_SECTORS).unwrap();
-    let device = sim_device(flash, SLOT_SECTORS, pinned_key(), SimSelfTest::default()).unwrap();
+    let geometry = SimGeometry {
+        sector_size: SECTOR,
+        write_align: ALIGN,
+        slot_sectors: SLOT_SECTORS,
+    };
+    let device = open_file_device(&path, geometry, pinned_key()).unwrap();
     assert_eq!(
         device.last_boot().running.map(|r| r.manifest),
         Some(img.manifest)
@@ -112,4 +119,18 @@ fn serve_on_pty_by_path_like_the_cli() {
         device.last_boot().running.map(|r| r.manifest),
         Some(img.manifest)
     );
+}
+
+#[test]
+fn signed_image_from_detached_signature() {
+    let signed = image(100, 1, 1);
+    let rebuilt =
+        edgeseg_bridge::host::SignedImage::from_parts(signed.bytes.clone(), 1, signed.signature.0)
+            .unwrap();
+    assert_eq!(rebuilt, signed);
+    assert!(rebuilt.verify(&pinned_key()).is_ok());
+    let wrong_version =
+        edgeseg_bridge::host::SignedImage::from_parts(signed.bytes.clone(), 2, signed.signature.0)
+            .unwrap();
+    assert!(wrong_version.verify(&pinned_key()).is_err());
 }
