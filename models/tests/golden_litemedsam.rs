@@ -175,6 +175,17 @@ fn litemedsam_matches_pytorch_reference() {
         assert!(f64::from(d_iou) <= TOL, "{folder}: iou {d_iou}");
         assert!(miou >= 0.995, "{folder}: mask IoU {miou}");
 
+        if folder == "hc18_fetal_us__082_2HC" {
+            // the one-call API gives the same mask as the steps above
+            let seg = model.segment(&rgb, h, w, Some(bbox), &[]).unwrap();
+            assert_eq!((seg.height, seg.width), (h, w));
+            assert_eq!(
+                seg.mask, mask,
+                "{folder}: segment() differs from the step-by-step pipeline"
+            );
+            assert!((seg.iou - dec.iou[0]).abs() < 1e-6);
+        }
+
         if folder == "hc18_fetal_us__276_HC" {
             // point prompt (label 1, padding point appended) on the same embedding
             let p = npy_f32(dir.join("point_256.npy"));
