@@ -147,6 +147,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Resends of one request before giving up.
     pub retries: u32,
+    /// Upload chunks in flight (capped by the device's `rx_window`); 1 = stop-and-wait.
+    pub window: usize,
 }
 
 impl Default for ClientOptions {
@@ -155,6 +157,7 @@ impl Default for ClientOptions {
             chunk_len: MAX_CHUNK_DATA,
             timeout: Duration::from_millis(500),
             retries: 8,
+            window: 4,
         }
     }
 }
@@ -269,6 +272,14 @@ impl<T: Transport> Client<T> {
     ) -> Result<Option<Message>, HostError> {
         self.inbox.clear();
         self.send(request)?;
+        self.recv_reply(is_reply)
+    }
+
+    /// Waits one timeout for an error or a message accepted by `is_reply`, skipping others.
+    fn recv_reply(
+        &mut self,
+        is_reply: &impl Fn(&Message) -> bool,
+    ) -> Result<Option<Message>, HostError> {
         while let Some(reply) = self.recv_message(self.options.timeout)? {
             if matches!(reply, Message::Error(_)) || is_reply(&reply) {
                 return Ok(Some(reply));
@@ -302,21 +313,6 @@ impl<T: Transport> Client<T> {
         if is_not_negotiated(&reply) {
             self.hello()?;
             return self.request(what, request, is_reply);
-        }
-        Ok(reply)
-    }
-
-    /// One attempt of an upload request (re-opening the session if the device lost it);
-    /// `None` on timeout.
-    fn upload_request_once(
-        &mut self,
-        request: &Message,
-        is_reply: impl Fn(&Message) -> bool,
-    ) -> Result<Option<Message>, HostError> {
-        let reply = self.exchange_once(request, &is_reply)?;
-        if reply.as_ref().is_some_and(is_not_negotiated) {
-            self.hello()?;
-            return self.exchange_once(request, &is_reply);
         }
         Ok(reply)
     }
@@ -433,6 +429,156 @@ impl SignedImage {
     }
 }
 
+/// Chunk size control: halves after a timeout (noisy line), doubles back after clean progress.
+struct ChunkSizer {
+    max: usize,
+    min: usize,
+    align: usize,
+    current: usize,
+    clean: u32,
+}
+
+impl ChunkSizer {
+    fn on_timeout(&mut self) {
+        self.current = (self.current / 2 / self.align * self.align).max(self.min);
+        self.clean = 0;
+    }
+
+    fn on_progress(&mut self) {
+        self.clean += 1;
+        if self.clean >= 8 {
+            self.current = (self.current * 2).min(self.max);
+            self.clean = 0;
+        }
+    }
+}
+
+/// Sends chunks from `status.next_offset` with up to `window` chunks in flight
+/// (go-back-N). The device writes only the chunk at its expected offset and
+/// answers every chunk with that offset; on a gap the host rewinds to it, and
+/// on a timeout it asks for the status and resumes there. Returns once every
+/// byte is acknowledged, or when the device's upload changed (phase or image).
+fn stream_chunks<T: Transport>(
+    client: &mut Client<T>,
+    image: &SignedImage,
+    status: UploadStatus,
+    sizer: &mut ChunkSizer,
+    window: usize,
+    payload_bytes_sent: &mut u64,
+    progress: &mut impl FnMut(Progress),
+) -> Result<UploadStatus, HostError> {
+    let total = image.manifest.image_len;
+    let sha256 = image.manifest.sha256;
+    let ours = |s: &UploadStatus| s.phase == UploadPhase::Receiving && s.sha256 == sha256;
+    let mut acked = status.next_offset;
+    let mut send_at = acked;
+    // End offsets of chunks sent but not yet acknowledged.
+    let mut in_flight: VecDeque<u32> = VecDeque::new();
+    // Non-advancing replies still expected from chunks sent before a rewind.
+    let mut stale_replies = 0usize;
+    let mut timeouts = 0u32;
+    client.inbox.clear();
+    while acked < total {
+        while in_flight.len() < window && send_at < total {
+            let start = send_at as usize;
+            let end = start.saturating_add(sizer.current).min(image.bytes.len());
+            let data = heapless::Vec::from_slice(&image.bytes[start..end])
+                .map_err(|_| HostError::Protocol("chunk larger than protocol limit".into()))?;
+            client.send(&Message::UploadChunk(UploadChunk {
+                offset: send_at,
+                data,
+            }))?;
+            *payload_bytes_sent += (end - start) as u64;
+            send_at =
+                u32::try_from(end).map_err(|_| HostError::Protocol("offset overflow".into()))?;
+            in_flight.push_back(send_at);
+        }
+        let resync = match client.recv_reply(&is_status)? {
+            None => {
+                timeouts += 1;
+                if timeouts > client.options.retries {
+                    return Err(HostError::Timeout {
+                        what: "UploadChunk",
+                        attempts: timeouts,
+                    });
+                }
+                client.stats.resends += 1;
+                sizer.on_timeout();
+                true
+            }
+            Some(Message::UploadStatus(s)) if ours(&s) => {
+                if s.next_offset > acked {
+                    acked = s.next_offset;
+                    timeouts = 0;
+                    while in_flight.front().is_some_and(|&end| end <= acked) {
+                        in_flight.pop_front();
+                    }
+                    if send_at < acked {
+                        send_at = acked;
+                        in_flight.clear();
+                    }
+                    sizer.on_progress();
+                    progress(Progress {
+                        acknowledged: acked,
+                        total,
+                    });
+                } else if s.next_offset == acked && !in_flight.is_empty() {
+                    if stale_replies > 0 {
+                        stale_replies -= 1;
+                    } else {
+                        // The chunk at `acked` was lost: go back to it. Rewinds
+                        // without progress count like timeouts, so a device that
+                        // never advances cannot keep the host looping.
+                        timeouts += 1;
+                        if timeouts > client.options.retries {
+                            return Err(HostError::Timeout {
+                                what: "UploadChunk",
+                                attempts: timeouts,
+                            });
+                        }
+                        stale_replies = in_flight.len().saturating_sub(2);
+                        in_flight.clear();
+                        send_at = acked;
+                    }
+                }
+                // Lower offsets are stale or duplicated replies.
+                false
+            }
+            Some(Message::UploadStatus(s)) => return Ok(s),
+            Some(reply) if is_not_negotiated(&reply) => {
+                client.hello()?;
+                true
+            }
+            Some(Message::Error(report))
+                if matches!(
+                    report.code,
+                    ErrorCode::BadChunk | ErrorCode::NoUpload | ErrorCode::Flash
+                ) =>
+            {
+                true
+            }
+            Some(other) => return Err(refusal_or_protocol(other)),
+        };
+        if resync {
+            // Ask where the device really is (it may have rebooted or rolled back).
+            let s = client.upload_status()?;
+            if !ours(&s) {
+                return Ok(s);
+            }
+            acked = s.next_offset;
+            send_at = acked;
+            stale_replies = in_flight.len();
+            in_flight.clear();
+        }
+    }
+    Ok(UploadStatus {
+        phase: UploadPhase::Receiving,
+        sha256,
+        next_offset: acked,
+        image_len: total,
+    })
+}
+
 /// Upload progress passed to the callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -516,10 +662,15 @@ pub fn flash_image<T: Transport>(
     let ours = |s: &UploadStatus| s.sha256 == image.manifest.sha256;
     let resumed_from = if ours(&status) { status.next_offset } else { 0 };
     let mut payload_bytes_sent = 0u64;
-    // Halve the chunk after a resend (noisy line), grow back after clean chunks.
     let min_chunk = (MIN_ADAPTIVE_CHUNK.div_ceil(align) * align).min(chunk_len);
-    let mut current_chunk = chunk_len;
-    let mut clean_chunks = 0u32;
+    let mut sizer = ChunkSizer {
+        max: chunk_len,
+        min: min_chunk,
+        align,
+        current: chunk_len,
+        clean: 0,
+    };
+    let window = options.window.clamp(1, usize::from(caps.rx_window.max(1)));
     let chunk_count = u64::from(total).div_ceil(min_chunk as u64);
     let mut steps_left = (chunk_count + 8) * (u64::from(options.retries) + 2) * 4;
     while !(status.phase == UploadPhase::Pending && ours(&status)) {
@@ -535,44 +686,22 @@ pub fn flash_image<T: Transport>(
             acknowledged: status.next_offset,
             total,
         });
-        let reply = if status.next_offset >= total {
-            let commit = Message::UploadCommit(UploadCommit {
-                sha256: image.manifest.sha256,
-            });
-            client.upload_request("UploadCommit", &commit, is_status)?
-        } else {
-            let start = status.next_offset as usize;
-            let mut timeouts = 0u32;
-            loop {
-                let end = start.saturating_add(current_chunk).min(image.bytes.len());
-                let data = heapless::Vec::from_slice(&image.bytes[start..end])
-                    .map_err(|_| HostError::Protocol("chunk larger than protocol limit".into()))?;
-                payload_bytes_sent += (end - start) as u64;
-                let chunk = Message::UploadChunk(UploadChunk {
-                    offset: status.next_offset,
-                    data,
-                });
-                if let Some(reply) = client.upload_request_once(&chunk, is_status)? {
-                    clean_chunks += 1;
-                    if timeouts == 0 && clean_chunks >= 8 {
-                        current_chunk = (current_chunk * 2).min(chunk_len);
-                        clean_chunks = 0;
-                    }
-                    break reply;
-                }
-                // Timeout: resend a smaller chunk at the same offset (noisy line).
-                timeouts += 1;
-                clean_chunks = 0;
-                if timeouts > options.retries {
-                    return Err(HostError::Timeout {
-                        what: "UploadChunk",
-                        attempts: timeouts,
-                    });
-                }
-                client.stats.resends += 1;
-                current_chunk = (current_chunk / 2 / align * align).max(min_chunk);
-            }
-        };
+        if status.next_offset < total {
+            status = stream_chunks(
+                &mut client,
+                image,
+                status,
+                &mut sizer,
+                window,
+                &mut payload_bytes_sent,
+                &mut progress,
+            )?;
+            continue;
+        }
+        let commit = Message::UploadCommit(UploadCommit {
+            sha256: image.manifest.sha256,
+        });
+        let reply = client.upload_request("UploadCommit", &commit, is_status)?;
         status = match reply {
             Message::UploadStatus(s) => s,
             Message::Error(report)

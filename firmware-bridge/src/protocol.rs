@@ -126,6 +126,8 @@ pub struct Capabilities {
     pub max_chunk_len: u32,
     /// Upload chunks other than the last must be a multiple of this many bytes.
     pub write_align: u32,
+    /// Frames the device can buffer while busy: the host keeps at most this many chunks in flight.
+    pub rx_window: u8,
     /// Firmware version.
     pub firmware_version: FirmwareVersion,
     /// The confirmed model the device runs, if any.

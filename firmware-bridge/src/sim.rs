@@ -358,6 +358,7 @@ pub const SIM_DEVICE_INFO: DeviceInfo = DeviceInfo {
         minor: 1,
         patch: 0,
     },
+    rx_window: 4,
 };
 
 /// A simulated device.
@@ -553,27 +554,46 @@ pub struct LinkStats {
 /// (timeout) at once when nothing is queued, so tests are deterministic.
 pub struct SimLink<F: Flash> {
     device: SimDevice<F>,
-    to_host: VecDeque<u8>,
+    /// Bytes on their way to the host, with their virtual arrival time.
+    to_host: VecDeque<(Duration, u8)>,
     held_reply: Option<Vec<u8>>,
     faults: LinkFaults,
     rng: SplitMix64,
     disconnected: bool,
     line: Option<LineModel>,
-    line_time: Duration,
+    clock: LineClock,
     /// Counters.
     pub stats: LinkStats,
 }
 
-/// Timing model of a UART line for [`SimLink`] (virtual time, nothing sleeps):
-/// each byte costs 10 bit times (8N1) in its direction, each frame the device
-/// answers costs `device_latency` (processing, flash writes, USB latency), and
-/// a host wait that times out costs the full timeout.
+/// Virtual clocks of a full-duplex line (see [`LineModel`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct LineClock {
+    /// The host's current time (advances when it waits for bytes).
+    host_now: Duration,
+    /// When the host→device direction is free again.
+    host_line_free: Duration,
+    /// When the device has finished processing its last frame.
+    device_free: Duration,
+    /// When the device→host direction is free again.
+    device_line_free: Duration,
+}
+
+/// Timing model of a full-duplex UART line for [`SimLink`] (virtual time,
+/// nothing sleeps): each byte costs 10 bit times (8N1) in its direction; the
+/// device handles frames in arrival order, spending `device_processing` on
+/// each frame it answers, and each reply is delayed by `reply_delay`; the host's clock
+/// advances when it waits for a reply, by the full timeout if none comes.
+/// Host writes do not block, so a windowed host overlaps sending and waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineModel {
     /// Baud rate.
     pub baud: u32,
-    /// Device turnaround per answered frame.
-    pub device_latency: Duration,
+    /// Device processing per answered frame (serialized: e.g. a flash write).
+    pub device_processing: Duration,
+    /// Extra delay before each reply reaches the host (pipelined: e.g. a USB
+    /// adapter's latency timer).
+    pub reply_delay: Duration,
 }
 
 impl LineModel {
@@ -593,12 +613,12 @@ impl<F: Flash> SimLink<F> {
             rng: SplitMix64::new(seed),
             disconnected: false,
             line: None,
-            line_time: Duration::ZERO,
+            clock: LineClock::default(),
             stats: LinkStats::default(),
         }
     }
 
-    /// Adds a UART timing model; [`Self::line_time`] then accumulates virtual time.
+    /// Adds a UART timing model; [`Self::line_time`] then reports virtual time.
     pub fn with_line_model(mut self, line: LineModel) -> Self {
         self.line = Some(line);
         self
@@ -606,7 +626,7 @@ impl<F: Flash> SimLink<F> {
 
     /// Virtual time spent on the line under the [`LineModel`] (zero without one).
     pub fn line_time(&self) -> Duration {
-        self.line_time
+        self.clock.host_now.max(self.clock.host_line_free)
     }
 
     /// Disconnects and returns the device.
@@ -671,8 +691,12 @@ impl<F: Flash> Transport for SimLink<F> {
         }
         self.stats.host_frames += 1;
         self.stats.host_bytes += bytes.len() as u64;
+        let mut arrival = Duration::ZERO;
         if let Some(line) = self.line {
-            self.line_time += line.wire_time(bytes.len());
+            let c = &mut self.clock;
+            let start = c.host_now.max(c.host_line_free);
+            c.host_line_free = start + line.wire_time(bytes.len());
+            arrival = c.host_line_free;
         }
         let mut replies = Vec::new();
         for copy in self.corrupt(bytes) {
@@ -681,8 +705,13 @@ impl<F: Flash> Transport for SimLink<F> {
         }
         for reply in replies {
             self.stats.device_bytes += reply.len() as u64;
+            let mut reply_arrival = Duration::ZERO;
             if let Some(line) = self.line {
-                self.line_time += line.device_latency + line.wire_time(reply.len());
+                let c = &mut self.clock;
+                c.device_free = arrival.max(c.device_free) + line.device_processing;
+                let start = c.device_free.max(c.device_line_free);
+                c.device_line_free = start + line.wire_time(reply.len());
+                reply_arrival = c.device_line_free + line.reply_delay;
             }
             for copy in self.corrupt(&reply) {
                 if self.held_reply.is_none() && self.rng.chance(self.faults.reorder) {
@@ -690,9 +719,11 @@ impl<F: Flash> Transport for SimLink<F> {
                     self.held_reply = Some(copy);
                     continue;
                 }
-                self.to_host.extend(&copy);
+                self.to_host
+                    .extend(copy.iter().map(|&b| (reply_arrival, b)));
                 if let Some(held) = self.held_reply.take() {
-                    self.to_host.extend(&held);
+                    self.to_host
+                        .extend(held.iter().map(|&b| (reply_arrival, b)));
                 }
             }
         }
@@ -703,12 +734,29 @@ impl<F: Flash> Transport for SimLink<F> {
         if self.disconnected {
             return Err(TransportError::Disconnected);
         }
-        if self.to_host.is_empty() && self.line.is_some() {
-            self.line_time += timeout;
+        if self.line.is_some() {
+            let c = &mut self.clock;
+            match self.to_host.front() {
+                Some(&(arrival, _)) if arrival <= c.host_now + timeout => {
+                    c.host_now = c.host_now.max(arrival)
+                }
+                _ => {
+                    c.host_now += timeout;
+                    return Ok(0);
+                }
+            }
         }
-        let n = buf.len().min(self.to_host.len());
-        for (slot, byte) in buf.iter_mut().zip(self.to_host.drain(..n)) {
-            *slot = byte;
+        let now = self.clock.host_now;
+        let mut n = 0;
+        while n < buf.len() {
+            match self.to_host.front() {
+                Some(&(arrival, byte)) if self.line.is_none() || arrival <= now => {
+                    buf[n] = byte;
+                    n += 1;
+                    self.to_host.pop_front();
+                }
+                _ => break,
+            }
         }
         Ok(n)
     }

@@ -32,6 +32,7 @@ fn sample_messages() -> Vec<Message> {
             max_frame_len: MAX_FRAME_LEN as u32,
             max_chunk_len: MAX_CHUNK_DATA as u32,
             write_align: 8,
+            rx_window: 4,
             firmware_version: FirmwareVersion {
                 major: 1,
                 minor: 2,

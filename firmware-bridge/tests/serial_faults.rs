@@ -73,6 +73,7 @@ fn flash_until_done(
     seed: u64,
     max_sessions: u32,
     allowed: &[&SignedImage],
+    opts: ClientOptions,
 ) -> (Dev, FlashReport, u32) {
     for session in 0..max_sessions {
         let mut link = SimLink::new(
@@ -80,7 +81,7 @@ fn flash_until_done(
             faults,
             seed.wrapping_mul(1000).wrapping_add(u64::from(session)),
         );
-        let result = flash_image(&mut link, image, options(), |_| {});
+        let result = flash_image(&mut link, image, opts, |_| {});
         dev = link.into_device();
         assert_no_corrupt_model(&dev, allowed);
         match result {
@@ -123,7 +124,7 @@ fn clean_upload_and_device_info() {
     let efficiency = report.payload_bytes_sent as f64 / link.stats.host_bytes as f64;
     let round_trip =
         report.payload_bytes_sent as f64 / (link.stats.host_bytes + link.stats.device_bytes) as f64;
-    println!("clean upload: {} payload bytes, {} host wire bytes ({:.1}% efficient), {:.1}% counting replies (stop-and-wait)", report.payload_bytes_sent, link.stats.host_bytes, efficiency * 100.0, round_trip * 100.0);
+    println!("clean upload: {} payload bytes, {} host wire bytes ({:.1}% efficient); payload / all wire bytes both ways {:.1}%", report.payload_bytes_sent, link.stats.host_bytes, efficiency * 100.0, round_trip * 100.0);
     assert!(efficiency > 0.9);
     // Flashing the same image again sends nothing.
     let again = flash_image(&mut link, &img, options(), |_| {}).unwrap();
@@ -220,6 +221,7 @@ fn bit_errors_drops_duplicates_truncation_reordering() {
         ),
     ] {
         for seed in 0..seeds {
+            let window = if seed % 2 == 0 { 1 } else { 4 };
             let (dev, report, _) = flash_until_done(
                 fresh_device(),
                 &old,
@@ -227,10 +229,21 @@ fn bit_errors_drops_duplicates_truncation_reordering() {
                 seed,
                 1,
                 &[&old],
+                options(),
             );
             assert_eq!(report.running.sha256, old.manifest.sha256);
-            let (dev, report, sessions) =
-                flash_until_done(dev, &new, faults, seed, 50, &[&old, &new]);
+            let (dev, report, sessions) = flash_until_done(
+                dev,
+                &new,
+                faults,
+                seed,
+                50,
+                &[&old, &new],
+                ClientOptions {
+                    window,
+                    ..options()
+                },
+            );
             assert_eq!(
                 report.running.sha256, new.manifest.sha256,
                 "{label} seed {seed}"
@@ -256,7 +269,15 @@ fn disconnect_at_every_chunk_boundary_resumes() {
     let old = image(3000, 1, 20);
     let new = image(7000, 2, 21);
     // Measure a clean run's frame count.
-    let (dev, _, _) = flash_until_done(fresh_device(), &old, LinkFaults::default(), 0, 1, &[&old]);
+    let (dev, _, _) = flash_until_done(
+        fresh_device(),
+        &old,
+        LinkFaults::default(),
+        0,
+        1,
+        &[&old],
+        options(),
+    );
     let mut link = SimLink::new(dev, LinkFaults::default(), 0);
     flash_image(&mut link, &new, small_chunks(), |_| {}).unwrap();
     let frames = link.stats.host_frames;
@@ -267,8 +288,15 @@ fn disconnect_at_every_chunk_boundary_resumes() {
     let mut restarted_with_progress = 0;
     for reboot_device in [false, true] {
         for cut in 1..frames {
-            let (dev, _, _) =
-                flash_until_done(fresh_device(), &old, LinkFaults::default(), cut, 1, &[&old]);
+            let (dev, _, _) = flash_until_done(
+                fresh_device(),
+                &old,
+                LinkFaults::default(),
+                cut,
+                1,
+                &[&old],
+                options(),
+            );
             let mut link = SimLink::new(
                 dev,
                 LinkFaults {
@@ -319,8 +347,8 @@ fn disconnect_at_every_chunk_boundary_resumes() {
     assert_eq!(restarted_with_progress, 0);
 }
 
-/// Upload throughput at 921600 baud under a UART timing model (virtual time):
-/// payload bytes per second relative to the line rate baud/10.
+/// Upload throughput at 921600 baud under a full-duplex UART timing model
+/// (virtual time): payload bytes per second relative to the line rate baud/10.
 #[test]
 fn throughput_model_at_921600_baud() {
     use edgeseg_bridge::sim::LineModel;
@@ -332,8 +360,7 @@ fn throughput_model_at_921600_baud() {
     };
     let img = image(60_000, 1, 3);
     let baud = 921_600;
-    let mut ratios = Vec::new();
-    for latency_us in [0u64, 200, 1000] {
+    let ratio = |window: usize, processing_us: u64, delay_us: u64| {
         let device = sim_device(
             geometry.flash(),
             geometry.slot_sectors,
@@ -343,24 +370,49 @@ fn throughput_model_at_921600_baud() {
         .unwrap();
         let line = LineModel {
             baud,
-            device_latency: Duration::from_micros(latency_us),
+            device_processing: Duration::from_micros(processing_us),
+            reply_delay: Duration::from_micros(delay_us),
         };
         let mut link = SimLink::new(device, LinkFaults::default(), 1).with_line_model(line);
-        let report = flash_image(&mut link, &img, options(), |_| {}).unwrap();
+        let report = flash_image(
+            &mut link,
+            &img,
+            ClientOptions {
+                window,
+                ..options()
+            },
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(report.running.sha256, img.manifest.sha256);
         let rate = img.bytes.len() as f64 / link.line_time().as_secs_f64();
         let ratio = rate / (f64::from(baud) / 10.0);
-        println!("model 921600 baud, device turnaround {latency_us} us: {:.1} kB/s = {:.1}% of line rate (whole session incl. hello/commit/reset)", rate / 1000.0, ratio * 100.0);
-        ratios.push(ratio);
-    }
+        println!(
+            "model 921600 baud, window {window}, device processing {processing_us:>4} us, reply delay {delay_us:>5} us: {:.1} kB/s = {:.1}% of line rate (whole session)",
+            rate / 1000.0,
+            ratio * 100.0
+        );
+        ratio
+    };
+    let cases = [(0, 0), (1000, 0), (1000, 1000), (1000, 16_000)];
+    let stop_and_wait: Vec<f64> = cases.iter().map(|&(p, d)| ratio(1, p, d)).collect();
+    let windowed: Vec<f64> = cases.iter().map(|&(p, d)| ratio(4, p, d)).collect();
     assert!(
-        ratios[0] >= 0.85 && ratios[0] < 1.0,
-        "wire-limited efficiency {:.3}",
-        ratios[0]
+        stop_and_wait[0] >= 0.85 && stop_and_wait[0] < 1.0,
+        "wire-limited stop-and-wait {:.3}",
+        stop_and_wait[0]
     );
     assert!(
-        ratios[2] < ratios[0],
-        "turnaround latency must cost throughput in a stop-and-wait protocol"
+        stop_and_wait[3] < 0.5,
+        "16 ms reply delay must cripple stop-and-wait: {:.3}",
+        stop_and_wait[3]
+    );
+    for (i, w) in windowed.iter().enumerate().take(3) {
+        assert!(*w >= 0.85 && *w < 1.0, "window 4, case {i}: {w:.3}");
+    }
+    assert!(
+        windowed[3] > 1.5 * stop_and_wait[3],
+        "window 4 must beat stop-and-wait at 16 ms reply delay"
     );
 }
 

@@ -20,6 +20,8 @@ pub struct DeviceInfo {
     pub runtime_abi: u32,
     /// Firmware version.
     pub firmware_version: FirmwareVersion,
+    /// Frames the UART receive path can buffer while the device writes flash (≥ 1).
+    pub rx_window: u8,
 }
 
 /// The device endpoint: decoder, session state and model store.
@@ -85,6 +87,7 @@ impl<F: Flash, S: SelfTest<F>> Device<F, S> {
             max_frame_len: MAX_FRAME_LEN as u32,
             max_chunk_len: MAX_CHUNK_DATA as u32,
             write_align: layout.write_align,
+            rx_window: self.info.rx_window.max(1),
             firmware_version: self.info.firmware_version,
             model: self.last_boot.running.map(|image| image.model_info()),
             security_counter: self.store.state().security_counter,
