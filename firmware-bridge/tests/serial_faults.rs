@@ -264,8 +264,7 @@ fn bit_errors_drops_duplicates_truncation_reordering() {
     assert!(frames_damaged > 100, "faults must actually have hit");
 }
 
-#[test]
-fn disconnect_at_every_chunk_boundary_resumes() {
+fn disconnect_at_every_chunk_boundary_resumes(window: usize) {
     let old = image(3000, 1, 20);
     let new = image(7000, 2, 21);
     // Measure a clean run's frame count.
@@ -279,7 +278,16 @@ fn disconnect_at_every_chunk_boundary_resumes() {
         options(),
     );
     let mut link = SimLink::new(dev, LinkFaults::default(), 0);
-    flash_image(&mut link, &new, small_chunks(), |_| {}).unwrap();
+    flash_image(
+        &mut link,
+        &new,
+        ClientOptions {
+            window,
+            ..small_chunks()
+        },
+        |_| {},
+    )
+    .unwrap();
     let frames = link.stats.host_frames;
     assert!(frames > 8);
 
@@ -306,7 +314,15 @@ fn disconnect_at_every_chunk_boundary_resumes() {
                 cut,
             );
             let mut acked = 0;
-            let first = flash_image(&mut link, &new, small_chunks(), |p| acked = p.acknowledged);
+            let first = flash_image(
+                &mut link,
+                &new,
+                ClientOptions {
+                    window,
+                    ..small_chunks()
+                },
+                |p| acked = p.acknowledged,
+            );
             let mut dev = link.into_device();
             assert!(
                 matches!(first, Err(HostError::Transport(_))),
@@ -319,7 +335,16 @@ fn disconnect_at_every_chunk_boundary_resumes() {
             }
             // The host process restarts: a new client on a new link.
             let mut link = SimLink::new(dev, LinkFaults::default(), cut);
-            let report = flash_image(&mut link, &new, small_chunks(), |_| {}).unwrap();
+            let report = flash_image(
+                &mut link,
+                &new,
+                ClientOptions {
+                    window,
+                    ..small_chunks()
+                },
+                |_| {},
+            )
+            .unwrap();
             assert_eq!(report.running.sha256, new.manifest.sha256);
             let sector = DEFAULT_GEOMETRY.sector;
             // Progress the device had made durable (reboot) or held in RAM (no reboot).
@@ -342,9 +367,19 @@ fn disconnect_at_every_chunk_boundary_resumes() {
             assert_eq!(bytes, new.bytes);
         }
     }
-    println!("disconnects at {} boundaries x (link only, device reboot): {interrupted} interrupted uploads, {resumed} resumed, {restarted_with_progress} restarted despite progress", frames - 1);
+    println!("window {window}: disconnects at {} boundaries x (link only, device reboot): {interrupted} interrupted uploads, {resumed} resumed, {restarted_with_progress} restarted despite progress", frames - 1);
     assert!(interrupted > 10);
     assert_eq!(restarted_with_progress, 0);
+}
+
+#[test]
+fn disconnect_at_every_chunk_boundary_resumes_stop_and_wait() {
+    disconnect_at_every_chunk_boundary_resumes(1);
+}
+
+#[test]
+fn disconnect_at_every_chunk_boundary_resumes_windowed() {
+    disconnect_at_every_chunk_boundary_resumes(4);
 }
 
 /// Upload throughput at 921600 baud under a full-duplex UART timing model
