@@ -18,6 +18,7 @@
 pub mod litemedsam;
 pub mod nn;
 pub mod weights;
+pub mod window_ops;
 
 pub use litemedsam::{LiteMedSam, LiteMedSamConfig};
 pub use nn::Mode;

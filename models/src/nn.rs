@@ -554,6 +554,36 @@ impl Conv2dBn {
         Ok(s)
     }
 
+    /// For a depthwise stride-1 convolution in inference: the same convolution
+    /// on channels-last tokens (`B×(h·w)×C`), see [`crate::window_ops::DepthwiseTokens`].
+    pub fn depthwise_tokens(
+        &self,
+        h: usize,
+        w: usize,
+    ) -> Result<Option<crate::window_ops::DepthwiseTokens>> {
+        let (Some((wt, b)), true) = (
+            &self.folded,
+            self.g.is_depthwise() && self.g.stride == 1 && !self.gelu,
+        ) else {
+            return Ok(None);
+        };
+        let k = self.g.k;
+        // (C, 1, k, k) -> (k·k, C)
+        let wt = wt
+            .reshape((self.g.c_out, k * k))?
+            .t()?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1()?;
+        Ok(Some(crate::window_ops::DepthwiseTokens {
+            w: wt,
+            b: b.to_vec1()?,
+            k,
+            h,
+            wd: w,
+        }))
+    }
+
     /// The folded weight and bias (differentiable tensor ops).
     fn fold(&self) -> Result<(Tensor, Tensor)> {
         let scale = self.gamma.broadcast_div(&(&self.var + BN_EPS)?.sqrt()?)?;

@@ -11,6 +11,7 @@ use crate::nn::{
     gelu, linear, softmax_last, Conv2d, Conv2dBn, ConvGeom, LayerNorm, LayerNorm2d, Linear, Mode,
     ScaledSoftmax,
 };
+use crate::window_ops::{DepthwiseTokens, SplitQkv, WindowPartition, WindowReverseAdd};
 
 #[allow(clippy::too_many_arguments)] // private helper mirroring Conv2d_BN(a, b, ks, stride, pad, groups)
 fn conv_bn(
@@ -205,13 +206,22 @@ impl Attention {
         let (b, n, _) = x.dims3()?;
         let kd = self.key_dim;
         let x = self.norm.forward(x)?;
-        let qkv = self.qkv.forward(&x)?.reshape((b, n, self.heads, 3 * kd))?;
-        let q = qkv.narrow(3, 0, kd)?.permute((0, 2, 1, 3))?.contiguous()?;
-        let k = qkv.narrow(3, kd, kd)?.permute((0, 2, 1, 3))?.contiguous()?;
-        let v = qkv
-            .narrow(3, 2 * kd, kd)?
-            .permute((0, 2, 1, 3))?
-            .contiguous()?;
+        let (q, k, v) = if self.mode == Mode::Inference {
+            let parts = self.qkv.forward(&x)?.apply_op1_no_bwd(&SplitQkv {
+                heads: self.heads,
+                kd,
+            })?;
+            (parts.get(0)?, parts.get(1)?, parts.get(2)?)
+        } else {
+            let qkv = self.qkv.forward(&x)?.reshape((b, n, self.heads, 3 * kd))?;
+            (
+                qkv.narrow(3, 0, kd)?.permute((0, 2, 1, 3))?.contiguous()?,
+                qkv.narrow(3, kd, kd)?.permute((0, 2, 1, 3))?.contiguous()?,
+                qkv.narrow(3, 2 * kd, kd)?
+                    .permute((0, 2, 1, 3))?
+                    .contiguous()?,
+            )
+        };
         let logits = q.matmul(&k.t()?)?;
         let attn = match &self.fused {
             Some(op) => logits.apply_op1_no_bwd(op)?,
@@ -258,6 +268,8 @@ struct VitBlock {
     attn: Attention,
     mlp: VitMlp,
     local_conv: Conv2dBn,
+    /// Inference: `local_conv` on channels-last tokens.
+    local_conv_tokens: Option<DepthwiseTokens>,
     res: usize,
     window: usize,
 }
@@ -272,25 +284,55 @@ impl VitBlock {
         cfg: &LiteMedSamConfig,
         mode: Mode,
     ) -> Result<Self> {
+        let local_conv = conv_bn(
+            vb.pp("local_conv"),
+            dim,
+            dim,
+            cfg.local_conv_size,
+            1,
+            dim,
+            mode,
+            false,
+        )?;
         Ok(Self {
             attn: Attention::new(vb.pp("attn"), dim, heads, window, mode)?,
             mlp: VitMlp::new(vb.pp("mlp"), dim, dim * cfg.mlp_ratio, mode)?,
-            local_conv: conv_bn(
-                vb.pp("local_conv"),
-                dim,
-                dim,
-                cfg.local_conv_size,
-                1,
-                dim,
-                mode,
-                false,
-            )?,
+            local_conv_tokens: local_conv.depthwise_tokens(res, res)?,
+            local_conv,
             res,
             window,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(dw) = &self.local_conv_tokens {
+            return self.forward_inference(x, dw);
+        }
+        self.forward_generic(x)
+    }
+
+    /// Inference: window partition, reverse + residual and the local conv as
+    /// single parallel passes on channels-last tokens.
+    fn forward_inference(&self, x: &Tensor, dw: &DepthwiseTokens) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let ws = self.window;
+        let x = if self.res == ws {
+            (&x + self.attn.forward(&x)?)?
+        } else {
+            let part = WindowPartition {
+                h: self.res,
+                w: self.res,
+                ws,
+            };
+            let t = self.attn.forward(&x.apply_op1_no_bwd(&part)?)?;
+            x.apply_op2_no_bwd(&t, &WindowReverseAdd(part))?
+        };
+        let x = x.apply_op1_no_bwd(dw)?;
+        &x + self.mlp.forward(&x)?
+    }
+
+    /// Differentiable form (and the reference for the inference kernels).
+    fn forward_generic(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
         let (h, w, ws) = (self.res, self.res, self.window);
         let y = if h == ws && w == ws {
