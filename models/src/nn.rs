@@ -364,35 +364,132 @@ impl CustomOp1 for LayerNormOp {
     }
 }
 
-/// SAM's `LayerNorm2d`: layer norm over the channel dimension of `B×C×H×W`
-/// (differentiable tensor ops, used in both modes).
+/// SAM's `LayerNorm2d`: layer norm over the channel dimension of `B×C×H×W`.
+/// Differentiable tensor ops in training; one parallel pass (statistics in
+/// f64) in inference.
 #[derive(Debug, Clone)]
 pub struct LayerNorm2d {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    op: Option<LayerNorm2dOp>,
 }
 
 impl LayerNorm2d {
     /// Loads `weight` and `bias` of size `channels` (eps 1e-6 in SAM).
-    pub fn new(vb: VarBuilder, channels: usize, eps: f64) -> Result<Self> {
-        let weight = vb
-            .get_with_hints(channels, "weight", Init::Const(1.0))?
-            .reshape((1, channels, 1, 1))?;
-        let bias = vb
-            .get_with_hints(channels, "bias", Init::Const(0.0))?
-            .reshape((1, channels, 1, 1))?;
-        Ok(Self { weight, bias, eps })
+    pub fn new(vb: VarBuilder, channels: usize, eps: f64, mode: Mode) -> Result<Self> {
+        let w = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let b = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let op = match mode {
+            Mode::Inference => Some(LayerNorm2dOp {
+                w: w.to_vec1()?,
+                b: b.to_vec1()?,
+                eps,
+            }),
+            Mode::Training => None,
+        };
+        Ok(Self {
+            weight: w.reshape((1, channels, 1, 1))?,
+            bias: b.reshape((1, channels, 1, 1))?,
+            eps,
+            op,
+        })
     }
 }
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(op) = &self.op {
+            return x.contiguous()?.apply_op1_no_bwd(op);
+        }
         let u = x.mean_keepdim(1)?;
         let xc = x.broadcast_sub(&u)?;
         let s = xc.sqr()?.mean_keepdim(1)?;
         let xn = xc.broadcast_div(&(s + self.eps)?.sqrt()?)?;
         xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNorm2dOp {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f64,
+}
+
+impl CustomOp1 for LayerNorm2dOp {
+    fn name(&self) -> &'static str {
+        "edgeseg-layer-norm-2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("layer norm 2d: only f32 is supported")
+        };
+        let Some((o1, o2)) = layout.contiguous_offsets() else {
+            candle_core::bail!("layer norm 2d: input must be contiguous")
+        };
+        let &[bsz, c, h, w] = layout.dims() else {
+            candle_core::bail!("layer norm 2d: expected NCHW, got {:?}", layout.dims())
+        };
+        if c != self.w.len() {
+            candle_core::bail!("layer norm 2d: {c} channels, expected {}", self.w.len())
+        }
+        let src = &data[o1..o2];
+        let hw = h * w;
+        const TILE: usize = 256;
+        let tiles = hw.div_ceil(TILE);
+        // each task normalizes a tile of pixels of one image; results are
+        // gathered per task and scattered afterwards (channel-strided output)
+        let parts: Vec<(usize, usize, Vec<f32>)> = (0..bsz * tiles)
+            .into_par_iter()
+            .map(|task| {
+                let bi = task / tiles;
+                let p0 = (task % tiles) * TILE;
+                let n = TILE.min(hw - p0);
+                let img = &src[bi * c * hw..(bi + 1) * c * hw];
+                let mut mean = vec![0f64; n];
+                for ch in 0..c {
+                    for (m, &v) in mean.iter_mut().zip(&img[ch * hw + p0..ch * hw + p0 + n]) {
+                        *m += f64::from(v);
+                    }
+                }
+                mean.iter_mut().for_each(|m| *m /= c as f64);
+                let mut var = vec![0f64; n];
+                for ch in 0..c {
+                    for ((s, &v), &m) in var
+                        .iter_mut()
+                        .zip(&img[ch * hw + p0..ch * hw + p0 + n])
+                        .zip(&mean)
+                    {
+                        let d = f64::from(v) - m;
+                        *s += d * d;
+                    }
+                }
+                let rstd: Vec<f64> = var
+                    .iter()
+                    .map(|s| 1.0 / (s / c as f64 + self.eps).sqrt())
+                    .collect();
+                let mut out = vec![0f32; c * n];
+                for ch in 0..c {
+                    let (wv, bv) = (self.w[ch], self.b[ch]);
+                    for (i, o) in out[ch * n..(ch + 1) * n].iter_mut().enumerate() {
+                        let v = f64::from(img[ch * hw + p0 + i]);
+                        *o = ((v - mean[i]) * rstd[i]) as f32 * wv + bv;
+                    }
+                }
+                (bi, p0, out)
+            })
+            .collect();
+        let mut dst = vec![0f32; src.len()];
+        for (bi, p0, out) in parts {
+            let n = out.len() / c;
+            for ch in 0..c {
+                let d0 = bi * c * hw + ch * hw + p0;
+                dst[d0..d0 + n].copy_from_slice(&out[ch * n..(ch + 1) * n]);
+            }
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
 
@@ -855,6 +952,10 @@ mod tests {
         let ln_i = LayerNorm::new(vb.pp("ln"), 16, 1e-5, Mode::Inference).unwrap();
         let x = (randn(&[3, 5, 16], 3) + 100.0).unwrap();
         assert!(max_abs_diff(&ln_t.forward(&x).unwrap(), &ln_i.forward(&x).unwrap()) < 1e-4);
+        let l2_t = LayerNorm2d::new(vb.pp("ln2"), 5, 1e-6, Mode::Training).unwrap();
+        let l2_i = LayerNorm2d::new(vb.pp("ln2"), 5, 1e-6, Mode::Inference).unwrap();
+        let x = randn(&[2, 5, 17, 19], 4).affine(3.0, 2.0).unwrap();
+        assert!(max_abs_diff(&l2_t.forward(&x).unwrap(), &l2_i.forward(&x).unwrap()) < 1e-5);
         let s = randn(&[4, 7], 9);
         let d = max_abs_diff(
             &softmax_last(&s, Mode::Training).unwrap(),

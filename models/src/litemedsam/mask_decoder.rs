@@ -172,7 +172,7 @@ impl MaskDecoder {
                 .pp("mask_tokens")
                 .get_with_hints((nm, d), "weight", randn)?,
             up1: ConvTranspose2x2::new(up.pp("0"), d, d / 4)?,
-            up_norm: LayerNorm2d::new(up.pp("1"), d / 4, 1e-6)?,
+            up_norm: LayerNorm2d::new(up.pp("1"), d / 4, 1e-6, mode)?,
             up2: ConvTranspose2x2::new(up.pp("3"), d / 4, d / 8)?,
             hyper: (0..nm)
                 .map(|i| {

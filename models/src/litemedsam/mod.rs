@@ -158,7 +158,7 @@ impl LiteMedSam {
     pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> candle_core::Result<Self> {
         let device = vb.device().clone();
         let encoder = TinyVit::new(vb.pp("image_encoder"), cfg, mode)?;
-        let prompt_encoder = PromptEncoder::new(vb.pp("prompt_encoder"), cfg)?;
+        let prompt_encoder = PromptEncoder::new(vb.pp("prompt_encoder"), cfg, mode)?;
         let mask_decoder = MaskDecoder::new(vb.pp("mask_decoder"), cfg, mode)?;
         let dense_pe = prompt_encoder.dense_pe()?;
         let dense_pe = if mode == Mode::Inference {

@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::LiteMedSamConfig;
-use crate::nn::{Conv2d, ConvGeom, LayerNorm2d};
+use crate::nn::{Conv2d, ConvGeom, LayerNorm2d, Mode};
 
 /// The prompt encoder (`prompt_encoder.*`).
 #[derive(Debug, Clone)]
@@ -22,7 +22,7 @@ pub struct PromptEncoder {
 
 impl PromptEncoder {
     /// Loads the prompt encoder.
-    pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig) -> Result<Self> {
+    pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> Result<Self> {
         let dim = cfg.prompt_embed_dim;
         let randn = Init::Randn {
             mean: 0.0,
@@ -48,9 +48,9 @@ impl PromptEncoder {
         };
         let mask_down = (
             Conv2d::new(md.pp("0"), g(1, m / 4, 2), true)?,
-            LayerNorm2d::new(md.pp("1"), m / 4, 1e-6)?,
+            LayerNorm2d::new(md.pp("1"), m / 4, 1e-6, mode)?,
             Conv2d::new(md.pp("3"), g(m / 4, m, 2), true)?,
-            LayerNorm2d::new(md.pp("4"), m, 1e-6)?,
+            LayerNorm2d::new(md.pp("4"), m, 1e-6, mode)?,
             Conv2d::new(md.pp("6"), g(m, dim, 1), true)?,
         );
         Ok(Self {

@@ -466,9 +466,9 @@ impl TinyVit {
             merges,
             stages,
             neck0: Conv2d::new(neck.pp("0"), g1, false)?,
-            neck1: LayerNorm2d::new(neck.pp("1"), nd, 1e-6)?,
+            neck1: LayerNorm2d::new(neck.pp("1"), nd, 1e-6, mode)?,
             neck2: Conv2d::new(neck.pp("2"), g3, false)?,
-            neck3: LayerNorm2d::new(neck.pp("3"), nd, 1e-6)?,
+            neck3: LayerNorm2d::new(neck.pp("3"), nd, 1e-6, mode)?,
             out_res: res,
         })
     }
