@@ -175,9 +175,12 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
                 .map_err(|_| format!("bad shape entry {s}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let n: usize = shape.iter().product();
+    let nbytes = shape
+        .iter()
+        .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
+        .ok_or("shape overflows")?;
     let data = &bytes[hstart + hlen..];
-    if data.len() != n * dtype.size() {
+    if data.len() != nbytes {
         return Err(format!(
             "data size {} does not match shape {:?} of {:?}",
             data.len(),
@@ -228,5 +231,6 @@ mod tests {
         assert!(parse_npy(b"hello world").is_err());
         assert!(parse_npy(&make("<f4", "(2,)", &[0; 4])).is_err());
         assert!(parse_npy(&make("<c8", "(1,)", &[0; 8])).is_err());
+        assert!(parse_npy(&make("<f4", "(4294967296, 4294967296)", &[0; 4])).is_err());
     }
 }

@@ -36,7 +36,12 @@ pub enum PrepError {
     BadSize(String),
 }
 
-fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), PrepError> {
+/// Checks that a buffer holds exactly `Π dims` elements (overflow-safe).
+fn check_len(what: &'static str, got: usize, dims: &[usize]) -> Result<(), PrepError> {
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| PrepError::BadSize(format!("{what}: {dims:?} overflows")))?;
     if got == expected {
         Ok(())
     } else {
@@ -142,7 +147,7 @@ pub fn resize_area_u8(
             "resize {src_h}x{src_w}x{c} -> {dst_h}x{dst_w}"
         )));
     }
-    check_len("resize source", src.len(), src_h * src_w * c)?;
+    check_len("resize source", src.len(), &[src_h, src_w, c])?;
     if dst_h == src_h && dst_w == src_w {
         return Ok(src.to_vec());
     }
@@ -329,7 +334,7 @@ pub fn pad_hwc_to_chw(
     c: usize,
     size: usize,
 ) -> Result<Vec<f32>, PrepError> {
-    check_len("pad source", img.len(), h * w * c)?;
+    check_len("pad source", img.len(), &[h, w, c])?;
     if h > size || w > size {
         return Err(PrepError::BadSize(format!(
             "{h}x{w} does not fit in {size}x{size}"
@@ -370,7 +375,7 @@ pub fn preprocess_rgb(rgb: &[u8], h: usize, w: usize) -> Result<Preprocessed, Pr
     if h == 0 || w == 0 {
         return Err(PrepError::BadSize(format!("image {h}x{w}")));
     }
-    check_len("RGB image", rgb.len(), h * w * 3)?;
+    check_len("RGB image", rgb.len(), &[h, w, 3])?;
     let (new_h, new_w) = longest_side_size(h, w, INPUT_SIZE);
     if new_h == 0 || new_w == 0 {
         return Err(PrepError::BadSize(format!(
@@ -440,7 +445,7 @@ pub fn upsample_logits(
     out_h: usize,
     out_w: usize,
 ) -> Result<Vec<f32>, PrepError> {
-    check_len("logits", logits.len(), lh * lw)?;
+    check_len("logits", logits.len(), &[lh, lw])?;
     if new_h == 0 || new_w == 0 || new_h > lh || new_w > lw || out_h == 0 || out_w == 0 {
         return Err(PrepError::BadSize(format!(
             "crop {new_h}x{new_w} of {lh}x{lw} to {out_h}x{out_w}"
@@ -556,6 +561,10 @@ mod tests {
             Err(PrepError::BadLength { .. })
         ));
         assert!(resize_area_u8(&[], 0, 2, 1, 1, 1).is_err());
+        assert!(matches!(
+            preprocess_rgb(&[0; 3], usize::MAX / 2, 3),
+            Err(PrepError::BadSize(_))
+        ));
     }
 
     #[test]
