@@ -834,24 +834,47 @@ impl CustomOp1 for DepthwiseOp {
 
 /// PyTorch `nn.ConvTranspose2d` with kernel 2 and stride 2 (non-overlapping),
 /// computed as one matrix product: weight `[c_in, c_out, 2, 2]`, bias `[c_out]`.
+/// In inference the 2×2 pixel shuffle, bias and optional GELU are one pass.
 #[derive(Debug, Clone)]
 pub struct ConvTranspose2x2 {
     w: Tensor,
+    /// `(O·4)×C` weight matrix, precomputed in inference.
+    wt: Option<Tensor>,
     b: Tensor,
     c_in: usize,
     c_out: usize,
+    shuffle: Option<PixelShuffle2>,
+    gelu: bool,
 }
 
 impl ConvTranspose2x2 {
-    /// Loads `weight` and `bias`.
-    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+    /// Loads `weight` and `bias`; `gelu` appends an exact GELU.
+    pub fn new(vb: VarBuilder, c_in: usize, c_out: usize, mode: Mode, gelu: bool) -> Result<Self> {
         let w = vb.get_with_hints(
             (c_in, c_out, 2, 2),
             "weight",
             candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
         let b = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
-        Ok(Self { w, b, c_in, c_out })
+        let (wt, shuffle) = match mode {
+            Mode::Inference => (
+                Some(w.reshape((c_in, c_out * 4))?.t()?.contiguous()?.detach()),
+                Some(PixelShuffle2 {
+                    bias: b.to_vec1()?,
+                    gelu,
+                }),
+            ),
+            Mode::Training => (None, None),
+        };
+        Ok(Self {
+            w,
+            wt,
+            b,
+            c_in,
+            c_out,
+            shuffle,
+            gelu,
+        })
     }
 }
 
@@ -859,15 +882,77 @@ impl Module for ConvTranspose2x2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (bsz, _, h, w) = x.dims4()?;
         // out[o, 2i+ky, 2j+kx] = Σ_c x[c, i, j] · W[c, o, ky, kx] + b[o]
+        let x2 = x.reshape((bsz, self.c_in, h * w))?;
+        if let (Some(wt), Some(op)) = (&self.wt, &self.shuffle) {
+            let y = wt.broadcast_left(bsz)?.matmul(&x2)?; // (B, O·4, H·W)
+            return y.reshape((bsz, self.c_out * 4, h, w))?.apply_op1_no_bwd(op);
+        }
         let wt = self.w.reshape((self.c_in, self.c_out * 4))?.t()?; // (O·4, C)
-        let y = wt
-            .broadcast_left(bsz)?
-            .matmul(&x.reshape((bsz, self.c_in, h * w))?)?; // (B, O·4, H·W)
+        let y = wt.broadcast_left(bsz)?.matmul(&x2)?;
         let y = y
             .reshape((bsz, self.c_out, 2, 2, h, w))?
             .permute((0, 1, 4, 2, 5, 3))?
             .reshape((bsz, self.c_out, 2 * h, 2 * w))?;
-        y.broadcast_add(&self.b.reshape((1, self.c_out, 1, 1))?)
+        let y = y.broadcast_add(&self.b.reshape((1, self.c_out, 1, 1))?)?;
+        if self.gelu {
+            y.gelu_erf()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// `B×(O·4)×H×W` (per output channel the 4 taps ky,kx) → `B×O×2H×2W`, plus
+/// bias per output channel and optional GELU, in one parallel pass.
+#[derive(Debug, Clone)]
+struct PixelShuffle2 {
+    bias: Vec<f32>,
+    gelu: bool,
+}
+
+impl CustomOp1 for PixelShuffle2 {
+    fn name(&self) -> &'static str {
+        "edgeseg-pixel-shuffle-2"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("pixel shuffle: only f32 is supported")
+        };
+        let Some((o1, o2)) = layout.contiguous_offsets() else {
+            candle_core::bail!("pixel shuffle: input must be contiguous")
+        };
+        let &[bsz, c4, h, w] = layout.dims() else {
+            candle_core::bail!("pixel shuffle: expected NCHW, got {:?}", layout.dims())
+        };
+        let o = self.bias.len();
+        if c4 != 4 * o {
+            candle_core::bail!("pixel shuffle: {c4} channels is not 4·{o}")
+        }
+        let src = &data[o1..o2];
+        let mut dst = vec![0f32; src.len()];
+        // one task per output row (b, o, y)
+        dst.par_chunks_mut(2 * w)
+            .enumerate()
+            .for_each(|(row, out)| {
+                let bi = row / (o * 2 * h);
+                let oc = (row / (2 * h)) % o;
+                let y = row % (2 * h);
+                let (i, ky) = (y / 2, y % 2);
+                let bias = self.bias[oc];
+                for kx in 0..2 {
+                    let plane = (bi * c4 + oc * 4 + ky * 2 + kx) * h * w;
+                    let srow = &src[plane + i * w..plane + (i + 1) * w];
+                    for (j, &v) in srow.iter().enumerate() {
+                        let t = v + bias;
+                        out[2 * j + kx] = if self.gelu { gelu_f32(t) } else { t };
+                    }
+                }
+            });
+        Ok((
+            CpuStorage::F32(dst),
+            Shape::from_dims(&[bsz, o, 2 * h, 2 * w]),
+        ))
     }
 }
 
@@ -1030,9 +1115,20 @@ mod tests {
     fn conv_transpose_matches_candle() {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let ct = ConvTranspose2x2::new(vb.pp("ct"), 4, 3).unwrap();
+        // create the variables, then give the bias non-zero values
+        ConvTranspose2x2::new(vb.pp("ct"), 4, 3, Mode::Training, false).unwrap();
+        for (n, v) in vm.data().lock().unwrap().iter() {
+            if n == "ct.bias" {
+                v.set(&randn(&[3], 11)).unwrap();
+            }
+        }
+        let ct = ConvTranspose2x2::new(vb.pp("ct"), 4, 3, Mode::Training, false).unwrap();
+        let ct_inf = ConvTranspose2x2::new(vb.pp("ct"), 4, 3, Mode::Inference, false).unwrap();
+        let ct_inf_gelu = ConvTranspose2x2::new(vb.pp("ct"), 4, 3, Mode::Inference, true).unwrap();
         let x = randn(&[2, 4, 3, 5], 1);
         let ours = ct.forward(&x).unwrap();
+        assert!(max_abs_diff(&ours, &ct_inf.forward(&x).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&ours.gelu_erf().unwrap(), &ct_inf_gelu.forward(&x).unwrap()) < 1e-5);
         let reference = x
             .conv_transpose2d(&ct.w, 0, 0, 2, 1)
             .unwrap()

@@ -171,9 +171,9 @@ impl MaskDecoder {
             mask_tokens: vb
                 .pp("mask_tokens")
                 .get_with_hints((nm, d), "weight", randn)?,
-            up1: ConvTranspose2x2::new(up.pp("0"), d, d / 4)?,
+            up1: ConvTranspose2x2::new(up.pp("0"), d, d / 4, mode, false)?,
             up_norm: LayerNorm2d::new(up.pp("1"), d / 4, 1e-6, mode)?,
-            up2: ConvTranspose2x2::new(up.pp("3"), d / 4, d / 8)?,
+            up2: ConvTranspose2x2::new(up.pp("3"), d / 4, d / 8, mode, true)?,
             hyper: (0..nm)
                 .map(|i| {
                     Mlp::new(
@@ -243,7 +243,7 @@ impl MaskDecoder {
         let src = keys.transpose(1, 2)?.reshape((b, c, h, w))?;
         let up = self.up1.forward(&src)?;
         let up = gelu(&self.up_norm.forward(&up)?, self.mode)?;
-        let up = gelu(&self.up2.forward(&up)?, self.mode)?;
+        let up = self.up2.forward(&up)?;
         let hyper = (0..self.num_mask_tokens)
             .map(|i| self.hyper[i].forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
