@@ -7,6 +7,9 @@
 //! `std` feature, the host upload client and serial transport ([`host`]) and an
 //! in-process device simulator ([`sim`]).
 //!
+//! Behind the `display` feature, [`overlay`] draws mask results (fill,
+//! contour, box, label) with embedded-graphics on any `DrawTarget`.
+//!
 //! The crate is `no_std` by default (heapless buffers, no allocation) so that
 //! microcontroller firmware links the very same code. Logging goes through a
 //! small shim: feature `defmt` (firmware) or feature `log` (host), never both.
@@ -24,6 +27,9 @@ mod log_shim;
 pub mod device;
 pub mod framing;
 pub mod protocol;
+
+#[cfg(feature = "display")]
+pub mod overlay;
 
 #[cfg(feature = "std")]
 pub mod host;
