@@ -29,3 +29,7 @@ pub fn shared_dir() -> Option<PathBuf> {
         .unwrap_or_else(|| repo_root().join("..").join("shared"));
     dir.join("data").is_dir().then_some(dir)
 }
+
+// `Cargo.toml` turns on `edgeseg-bridge/std` and `edgeseg-bridge/display` for this crate, so
+// that `cargo test --workspace` (the README's test command) also runs the bridge's host-side
+// and display test suites, whose `[[test]]` targets require those features.
