@@ -88,7 +88,86 @@ fn check(seq: u32, key: &[u8; 32]) -> u32 {
         return 4;
     };
     match ModelStore::open(NullFlash, layout, key) {
-        Ok(store) if store.state().active.is_none() => 0,
-        _ => 5,
+        Ok(store) if store.state().active.is_none() => {}
+        _ => return 5,
+    }
+    #[cfg(feature = "display")]
+    if !overlay_check::draw() {
+        return 6;
+    }
+    0
+}
+
+/// The display overlay on a fixed RGB565 framebuffer, without std or alloc.
+#[cfg(feature = "display")]
+mod overlay_check {
+    use edgeseg_bridge::overlay::{draw_overlay, Overlay, OverlayStyle, Placement};
+    use edgeseg_bridge::protocol::{PixelBox, RleMask};
+    use embedded_graphics::{pixelcolor::Rgb565, prelude::*};
+
+    const W: usize = 24;
+    const H: usize = 24;
+
+    struct Framebuffer([Rgb565; W * H]);
+
+    impl DrawTarget for Framebuffer {
+        type Color = Rgb565;
+        type Error = core::convert::Infallible;
+
+        fn draw_iter<I: IntoIterator<Item = Pixel<Rgb565>>>(
+            &mut self,
+            pixels: I,
+        ) -> Result<(), Self::Error> {
+            for Pixel(p, c) in pixels {
+                if let (Ok(x), Ok(y)) = (usize::try_from(p.x), usize::try_from(p.y)) {
+                    if x < W && y < H {
+                        self.0[y * W + x] = c;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    impl OriginDimensions for Framebuffer {
+        fn size(&self) -> Size {
+            Size::new(W as u32, H as u32)
+        }
+    }
+
+    /// Draws a 4×4 square mask with a box and a label; checks the contour
+    /// pixel, an untouched pixel and a label pixel.
+    pub fn draw() -> bool {
+        let mut pixels = [0u8; 8 * 8];
+        for y in 2..6 {
+            pixels[y * 8 + 2..y * 8 + 6].fill(1);
+        }
+        let Ok(mask) = RleMask::encode(8, 8, &pixels) else {
+            return false;
+        };
+        let mut fb = Framebuffer([Rgb565::BLACK; W * H]);
+        let overlay = Overlay {
+            mask: Some((&mask).into()),
+            bbox: Some(PixelBox {
+                x0: 1,
+                y0: 1,
+                x1: 7,
+                y1: 7,
+            }),
+            label: Some("ok"),
+            placement: Placement {
+                origin: Point::new(4, 12),
+                scale: 1,
+            },
+        };
+        if draw_overlay(&mut fb, &overlay, &OverlayStyle::default_rgb()).is_err() {
+            return false;
+        }
+        let at = |x: usize, y: usize| fb.0[y * W + x];
+        // Box top-left is (5, 13); the 6×10 label "ok" sits above it at (5, 3).
+        let label = (3..13).flat_map(|y| (5..17).map(move |x| (x, y)));
+        let label_bg = label.clone().any(|(x, y)| at(x, y) == Rgb565::GREEN);
+        let glyphs = label.clone().any(|(x, y)| at(x, y) == Rgb565::BLACK);
+        at(4 + 2, 12 + 2) == Rgb565::YELLOW && at(23, 0) == Rgb565::BLACK && label_bg && glyphs
     }
 }
