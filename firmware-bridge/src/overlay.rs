@@ -42,7 +42,7 @@
 
 use embedded_graphics::{
     image::GetPixel,
-    mono_font::{ascii::FONT_6X10, MonoFont, MonoTextStyleBuilder},
+    mono_font::{ascii::FONT_6X10, MonoFont, MonoTextStyle, MonoTextStyleBuilder},
     pixelcolor::{
         Bgr555, Bgr565, Bgr666, Bgr888, BinaryColor, Gray2, Gray4, Gray8, GrayColor, Rgb555,
         Rgb565, Rgb666, Rgb888, RgbColor,
@@ -562,35 +562,54 @@ where
     }
 
     if let Some(text) = overlay.label.filter(|t| !t.is_empty()) {
-        let mut text_style = MonoTextStyleBuilder::new()
-            .font(style.font)
-            .text_color(style.label_color);
-        if let Some(bg) = style.label_background {
-            text_style = text_style.background_color(bg);
-        }
-        let text_style = text_style.build();
-        let anchor = box_rect.map_or(placement.origin, |r| r.top_left);
-        let height = i32::try_from(style.font.character_size.height).unwrap_or(i32::MAX);
-        let above = anchor.y.saturating_sub(height);
-        let position = if above >= target.bounding_box().top_left.y {
-            Point::new(anchor.x, above)
-        } else {
-            anchor
-        };
-        Text::with_baseline(text, position, text_style, Baseline::Top)
-            .draw(target)
-            .map_err(OverlayError::Draw)?;
+        label_text(
+            text,
+            box_rect,
+            &placement,
+            style,
+            target.bounding_box().top_left.y,
+        )
+        .draw(target)
+        .map_err(OverlayError::Draw)?;
     }
     Ok(())
 }
 
-/// Display rectangle that [`draw_overlay`] may touch for `overlay`: the union
-/// of the mask's, the box's and the label's rectangles (before clipping to
-/// the target). Useful for partial display refreshes.
-pub fn overlay_bounds<D: Dimensions>(
+/// The label as embedded-graphics text: above the box (or the placement
+/// origin) if it fits below the target's top edge `target_top`, otherwise
+/// inside the box's top-left corner.
+fn label_text<'t, C: PixelColor>(
+    text: &'t str,
+    box_rect: Option<Rectangle>,
+    placement: &Placement,
+    style: &OverlayStyle<C>,
+    target_top: i32,
+) -> Text<'t, MonoTextStyle<'static, C>> {
+    let mut text_style = MonoTextStyleBuilder::new()
+        .font(style.font)
+        .text_color(style.label_color);
+    if let Some(bg) = style.label_background {
+        text_style = text_style.background_color(bg);
+    }
+    let anchor = box_rect.map_or(placement.origin, |r| r.top_left);
+    let height = i32::try_from(style.font.character_size.height).unwrap_or(i32::MAX);
+    let above = anchor.y.saturating_sub(height);
+    let position = if above >= target_top {
+        Point::new(anchor.x, above)
+    } else {
+        anchor
+    };
+    Text::with_baseline(text, position, text_style.build(), Baseline::Top)
+}
+
+/// Display rectangle that [`draw_overlay`] may touch for `overlay` on
+/// `target` with `style`: the union of the mask's, the box's and the label's
+/// rectangles (before clipping to the target). Useful for partial display
+/// refreshes.
+pub fn overlay_bounds<D: Dimensions, C: PixelColor>(
     target: &D,
     overlay: &Overlay<'_>,
-    font: &MonoFont<'_>,
+    style: &OverlayStyle<C>,
 ) -> Rectangle {
     let p = overlay.placement;
     let mut bounds: Option<Rectangle> = None;
@@ -616,22 +635,7 @@ pub fn overlay_bounds<D: Dimensions>(
         add(r);
     }
     if let Some(text) = overlay.label.filter(|t| !t.is_empty()) {
-        let anchor = box_rect.map_or(p.origin, |r| r.top_left);
-        let height = font.character_size.height;
-        let above = anchor
-            .y
-            .saturating_sub(i32::try_from(height).unwrap_or(i32::MAX));
-        let top = if above >= target.bounding_box().top_left.y {
-            above
-        } else {
-            anchor.y
-        };
-        let chars = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
-        let width = chars.saturating_mul(font.character_size.width + font.character_spacing);
-        add(Rectangle::new(
-            Point::new(anchor.x, top),
-            Size::new(width, height),
-        ));
+        add(label_text(text, box_rect, &p, style, target.bounding_box().top_left.y).bounding_box());
     }
     bounds.unwrap_or(Rectangle::zero())
 }

@@ -17,7 +17,6 @@ use edgeseg_bridge::overlay::{
 use edgeseg_bridge::protocol::{MaskResult, PixelBox, RleError, RleMask};
 use embedded_graphics::{
     image::GetPixel,
-    mono_font::ascii::FONT_6X10,
     pixelcolor::{Rgb565, Rgb888},
     prelude::*,
     primitives::Rectangle,
@@ -380,7 +379,7 @@ fn fill_modes_touch_only_mask_box_and_label() {
             ),
         );
         let label_rect = Rectangle::new(box_rect.top_left - Point::new(0, 10), Size::new(12, 10));
-        let bounds = overlay_bounds(&d, &overlay, &FONT_6X10);
+        let bounds = overlay_bounds(&d, &overlay, &style);
         for p in d.inner.bounding_box().points() {
             let allowed = is_fg(p) || box_rect.contains(p) || label_rect.contains(p);
             if !allowed {
