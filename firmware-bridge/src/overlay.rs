@@ -15,7 +15,7 @@
 //!    targets that can be read back ([`GetPixel`]), an alpha blend;
 //! 2. the **contour**: every foreground pixel with a 4-neighbour that is
 //!    background or outside the mask (at mask resolution: with
-//!    [`Placement::scale`] > 1 it is `scale` display pixels thick);
+//!    a [`Placement`] `scale` > 1 it is `scale` display pixels thick);
 //! 3. the **box** outline, drawn inside the box;
 //! 4. the **label** in a monospace font, above the box if there is room on
 //!    the target, otherwise inside its top-left corner.
