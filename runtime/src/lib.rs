@@ -10,9 +10,12 @@
 //! (candle and friends live in `edgeseg-models` and `edgeseg-tools`).
 //!
 //! Today it holds the pieces of the device pipeline that the offline tools
-//! already share: the [`Prompt`] type in model-independent image coordinates.
-#![forbid(unsafe_code)]
+//! already share: the [`Prompt`] type in model-independent image coordinates,
+//! and the [`bundle`] format (reader and writer). The crate denies `unsafe`; the
+//! one exception is the memory map in `bundle::map_readonly`.
+#![deny(unsafe_code)]
 
+pub mod bundle;
 pub mod prompt;
 
 pub use prompt::{BoxPrompt, PointLabel, PointPrompt, Prompt};
