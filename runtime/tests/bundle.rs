@@ -514,3 +514,42 @@ proptest! {
         let _ = bundle::fuzz_tensor_table(&t, data_len);
     }
 }
+
+/// Regenerate the committed fuzz seed corpus:
+/// `cargo test -p edgeseg-runtime --test bundle -- --ignored write_fuzz_seed_corpus`.
+#[test]
+#[ignore]
+fn write_fuzz_seed_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bundle_parse");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, b: &[u8]| std::fs::write(dir.join(name), b).unwrap();
+    let u = unsigned();
+    let s = signed();
+    write("valid_unsigned.bin", &u);
+    write("valid_signed.bin", &s);
+    write(
+        "valid_minimal.bin",
+        &BundleWriter::new(Manifest::minimal("m", "n", "0"))
+            .to_bytes()
+            .unwrap(),
+    );
+    write("truncated_half.bin", &u[..u.len() / 2]);
+    write("header_only.bin", &u[..HEADER_LEN]);
+    let mut flipped = s.clone();
+    flipped[200] ^= 0x10;
+    write("bit_flip.bin", &flipped);
+    let mut overlap = u.clone();
+    let off0 = get_u64(&overlap, entry(0) + 8);
+    set_u64(&mut overlap, entry(1) + 8, off0);
+    fix_trailer(&mut overlap);
+    write("overlap.bin", &overlap);
+    let mut huge = u.clone();
+    set_u64(&mut huge, entry(2) + 16, u64::MAX);
+    fix_trailer(&mut huge);
+    write("huge_length.bin", &huge);
+    let mut v2 = u.clone();
+    v2[8] = 2;
+    fix_trailer(&mut v2);
+    write("version_2.bin", &v2);
+    write("tensor_table.bin", &table("w", 1, &[2, 3], 0, 24));
+}

@@ -1011,3 +1011,50 @@ fn parse_tensor_table_inner(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in 0..=255u8 {
+            if let Some(d) = DType::from_code(code) {
+                assert_eq!(d.code(), code);
+            }
+        }
+        for code in 0..=16u32 {
+            if let Some(k) = SectionKind::from_code(code) {
+                assert_eq!(k.code(), code);
+            }
+        }
+        assert_eq!(DType::Bf16.size(), 2);
+        assert_eq!(DType::I64.size(), 8);
+    }
+
+    #[test]
+    fn hex_and_names() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert!(parse_fixed_name(b"abc\0\0", 0).is_ok());
+        assert!(parse_fixed_name(b"ab\0c\0", 0).is_err());
+        assert!(parse_fixed_name(b"\0\0\0", 0).is_err());
+        assert!(parse_fixed_name(b"a\nb\0", 0).is_err());
+        assert!(check_name(&[0xc3], "tensor", 0).is_err());
+    }
+
+    #[test]
+    fn short_and_garbage_inputs() {
+        let p = VerifyPolicy::default();
+        assert!(matches!(parse(&[], &p), Err(BundleError::TooShort { .. })));
+        assert!(matches!(
+            parse(&[0u8; 128], &p),
+            Err(BundleError::BadMagic { .. })
+        ));
+        let mut b = [0u8; 128];
+        b[..8].copy_from_slice(&MAGIC);
+        assert!(matches!(
+            parse(&b, &p),
+            Err(BundleError::UnsupportedVersion { major: 0, .. })
+        ));
+    }
+}
