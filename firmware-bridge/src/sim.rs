@@ -197,7 +197,7 @@ impl Flash for MemFlash {
         u32::try_from(self.data.len()).unwrap_or(u32::MAX)
     }
     fn erase_sector(&mut self, addr: u32) -> Result<(), SimFlashError> {
-        if addr % self.sector_size != 0 {
+        if !addr.is_multiple_of(self.sector_size) {
             return Err(SimFlashError::BadAddress);
         }
         let range = self.range(addr, self.sector_size as usize)?;
@@ -209,7 +209,9 @@ impl Flash for MemFlash {
         self.apply(range, fault, |b, _| *b = ERASED_BYTE)
     }
     fn write(&mut self, addr: u32, data: &[u8]) -> Result<(), SimFlashError> {
-        if addr % self.write_align != 0 || data.len() % self.write_align as usize != 0 {
+        if !addr.is_multiple_of(self.write_align)
+            || !data.len().is_multiple_of(self.write_align as usize)
+        {
             return Err(SimFlashError::BadAddress);
         }
         let range = self.range(addr, data.len())?;
@@ -292,7 +294,7 @@ impl Flash for FileFlash {
         self.capacity
     }
     fn erase_sector(&mut self, addr: u32) -> Result<(), SimFlashError> {
-        if addr % self.sector_size != 0 {
+        if !addr.is_multiple_of(self.sector_size) {
             return Err(SimFlashError::BadAddress);
         }
         self.check(addr, self.sector_size as usize)?;
@@ -303,7 +305,9 @@ impl Flash for FileFlash {
         self.file.write_all(&erased).map_err(|_| SimFlashError::Io)
     }
     fn write(&mut self, addr: u32, data: &[u8]) -> Result<(), SimFlashError> {
-        if addr % self.write_align != 0 || data.len() % self.write_align as usize != 0 {
+        if !addr.is_multiple_of(self.write_align)
+            || !data.len().is_multiple_of(self.write_align as usize)
+        {
             return Err(SimFlashError::BadAddress);
         }
         let mut current = vec![0u8; data.len()];

@@ -57,7 +57,7 @@ impl CustomOp1 for ScaledSoftmax {
         let src = &data[o1..o2];
         let n = *layout.dims().last().unwrap_or(&1);
         let bl = self.bias.len();
-        if n == 0 || (bl > 0 && (src.len() % bl != 0 || bl % n != 0)) {
+        if n == 0 || (bl > 0 && (src.len() % bl != 0 || !bl.is_multiple_of(n))) {
             candle_core::bail!(
                 "scaled softmax: bias of {bl} does not fit {:?}",
                 layout.dims()

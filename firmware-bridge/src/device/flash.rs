@@ -106,7 +106,7 @@ impl FlashLayout {
         {
             return Err(LayoutError::BadGeometry);
         }
-        if base % sector_size != 0 {
+        if !base.is_multiple_of(sector_size) {
             return Err(LayoutError::BadGeometry);
         }
         let record_len = MIN_RECORD_LEN
