@@ -15,7 +15,9 @@
 //! one exception is the memory map in `bundle::map_readonly`.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod bundle;
 pub mod prompt;
 
+pub use backend::{BackendError, PromptableSegmenter, RgbFrame, Segmentation};
 pub use prompt::{BoxPrompt, PointLabel, PointPrompt, Prompt};

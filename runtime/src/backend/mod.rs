@@ -1,0 +1,115 @@
+//! Promptable segmentation backends: the interface the streaming pipeline and
+//! the `edgeseg` commands drive, whatever executes the model (tract on the CPU,
+//! the CUDA kernels on a GPU, or a mock in tests).
+//!
+//! The contract: [`PromptableSegmenter::set_frame`] encodes one frame once;
+//! [`PromptableSegmenter::segment`] then decodes any number of prompts against
+//! that frame and returns masks at the frame's original size. A backend never
+//! panics on its input and never returns a mask derived from non-finite logits:
+//! it reports [`BackendError::NonFinite`] instead.
+
+use crate::prompt::Prompt;
+
+/// One RGB8 frame, interleaved `height × width × 3`, row-major, no row padding.
+#[derive(Debug, Clone, Copy)]
+pub struct RgbFrame<'a> {
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `height * width * 3` bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> RgbFrame<'a> {
+    /// Wraps `data`, checking that its length is `height * width * 3` and that
+    /// neither side is zero.
+    pub fn new(width: usize, height: usize, data: &'a [u8]) -> Result<Self, BackendError> {
+        let expected = width
+            .checked_mul(height)
+            .and_then(|n| n.checked_mul(3))
+            .ok_or_else(|| BackendError::InvalidFrame(format!("{width}x{height} overflows")))?;
+        if width == 0 || height == 0 {
+            return Err(BackendError::InvalidFrame(format!(
+                "frame size {width}x{height} has a zero side"
+            )));
+        }
+        if data.len() != expected {
+            return Err(BackendError::InvalidFrame(format!(
+                "{width}x{height} RGB8 frame needs {expected} bytes, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+/// The result of one prompt on the current frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segmentation {
+    /// Mask columns (the frame's width).
+    pub width: usize,
+    /// Mask rows (the frame's height).
+    pub height: usize,
+    /// `height * width` values, 1 inside the structure and 0 outside.
+    pub mask: Vec<u8>,
+    /// The model's own estimate of the mask's IoU (SAM's IoU head), if it has one.
+    pub iou_prediction: Option<f32>,
+}
+
+impl Segmentation {
+    /// Number of foreground pixels.
+    pub fn area(&self) -> usize {
+        self.mask.iter().filter(|&&v| v != 0).count()
+    }
+}
+
+/// Why a backend could not produce a mask.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The frame is empty, too large or inconsistent with its declared size.
+    #[error("invalid frame: {0}")]
+    InvalidFrame(String),
+    /// The prompt is empty or outside the frame.
+    #[error("invalid prompt: {0}")]
+    InvalidPrompt(String),
+    /// `segment` was called before any successful `set_frame`.
+    #[error("no frame has been set")]
+    NoFrame,
+    /// The model produced NaN or infinite values; no mask is derived from them.
+    #[error("model output `{output}` holds non-finite values")]
+    NonFinite {
+        /// The output tensor at fault.
+        output: String,
+    },
+    /// The model produced a tensor of an unexpected shape.
+    #[error("model output `{output}` has shape {got:?}, expected {expected}")]
+    BadShape {
+        /// The output tensor at fault.
+        output: String,
+        /// Its shape.
+        got: Vec<usize>,
+        /// What was expected, in words.
+        expected: String,
+    },
+    /// The backend cannot run here (no GPU, missing library, bad bundle ...).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Execution failed inside the inference engine.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// A model that encodes a frame once and decodes any number of prompts on it.
+pub trait PromptableSegmenter: Send {
+    /// Short name for logs, e.g. `tract-cpu` or `cuda`.
+    fn name(&self) -> &str;
+    /// Encodes `frame`; later prompts refer to it until the next call.
+    fn set_frame(&mut self, frame: RgbFrame<'_>) -> Result<(), BackendError>;
+    /// Segments `prompt` on the current frame; the mask has the frame's size.
+    fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError>;
+}
