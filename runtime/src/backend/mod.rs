@@ -113,3 +113,36 @@ pub trait PromptableSegmenter: Send {
     /// Segments `prompt` on the current frame; the mask has the frame's size.
     fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError>;
 }
+
+/// How to run a bundle.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Worker threads for the CPU backend (1 = single-threaded).
+    pub threads: usize,
+    /// What to require of the bundle's signature.
+    pub verify: crate::bundle::VerifyPolicy,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            verify: crate::bundle::VerifyPolicy::default(),
+        }
+    }
+}
+
+/// Opens the bundle at `path` on the best backend available here.
+///
+/// The tract CPU backend is being written in this session; until it lands this
+/// reports [`BackendError::Unavailable`].
+pub fn open_bundle(
+    path: &std::path::Path,
+    options: &BackendOptions,
+) -> Result<Box<dyn PromptableSegmenter>, BackendError> {
+    let _ = options;
+    Err(BackendError::Unavailable(format!(
+        "{}: no backend in this build can run bundles yet",
+        path.display()
+    )))
+}
