@@ -19,5 +19,5 @@ pub mod backend;
 pub mod bundle;
 pub mod prompt;
 
-pub use backend::{BackendError, PromptableSegmenter, RgbFrame, Segmentation};
+pub use backend::{BackendError, Embedding, PromptableSegmenter, RgbFrame, Segmentation};
 pub use prompt::{BoxPrompt, PointLabel, PointPrompt, Prompt};

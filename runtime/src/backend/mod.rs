@@ -112,6 +112,37 @@ pub trait PromptableSegmenter: Send {
     fn set_frame(&mut self, frame: RgbFrame<'_>) -> Result<(), BackendError>;
     /// Segments `prompt` on the current frame; the mask has the frame's size.
     fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError>;
+    /// The current frame's image embedding, for heads that work on features
+    /// (few-shot prototypes). `None` before the first frame or when the backend
+    /// cannot expose it.
+    fn embedding(&self) -> Option<Embedding<'_>> {
+        None
+    }
+}
+
+/// A view of an image embedding: `channels × height × width` f32, row-major.
+///
+/// The model input is the frame resized (longest side to the model size) and
+/// padded at the bottom/right; `valid_height × valid_width` is the part of the
+/// embedding grid that covers the frame (the rest covers padding).
+#[derive(Debug, Clone, Copy)]
+pub struct Embedding<'a> {
+    /// Feature channels.
+    pub channels: usize,
+    /// Grid rows.
+    pub height: usize,
+    /// Grid columns.
+    pub width: usize,
+    /// Grid rows that cover the frame (the rest is padding).
+    pub valid_height: usize,
+    /// Grid columns that cover the frame.
+    pub valid_width: usize,
+    /// Frame rows the embedding was computed from.
+    pub frame_height: usize,
+    /// Frame columns the embedding was computed from.
+    pub frame_width: usize,
+    /// `channels * height * width` values.
+    pub data: &'a [f32],
 }
 
 /// How to run a bundle.
