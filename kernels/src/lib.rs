@@ -9,8 +9,10 @@
 //! runtime and the models use, so that every backend computes the same thing.
 //!
 //! So far it holds the CPU reference of LiteMedSAM's pre- and post-processing
-//! ([`prepost`]) and a minimal `.npy` reader for golden-file tests ([`npy`]).
+//! ([`prepost`]), a minimal `.npy` reader for golden-file tests ([`npy`]) and
+//! the capture pixel-format conversions to RGB ([`pixfmt`]).
 #![forbid(unsafe_code)]
 
 pub mod npy;
+pub mod pixfmt;
 pub mod prepost;

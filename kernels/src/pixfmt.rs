@@ -1,0 +1,476 @@
+//! CPU reference of the capture pixel-format conversions: YUYV, NV12, I420,
+//! RGB24 and GREY to interleaved RGB8 in one pass, and RGB8 to I420 (for Y4M
+//! output). These are the specification that fused GPU preprocessing kernels are
+//! tested against.
+//!
+//! # Conventions
+//!
+//! - **Colour matrix: BT.601, limited ("video") range**, which is what V4L2
+//!   reports by default for YUYV and NV12 capture (`V4L2_YCBCR_ENC_601`,
+//!   `V4L2_QUANTIZATION_LIM_RANGE`) and what Y4M files conventionally hold:
+//!   Y in 16..=235, Cb/Cr in 16..=240 centred on 128.
+//!
+//!   ```text
+//!   R = 1.164383 (Y−16)                  + 1.596027 (Cr−128)
+//!   G = 1.164383 (Y−16) − 0.391762 (Cb−128) − 0.812968 (Cr−128)
+//!   B = 1.164383 (Y−16) + 2.017232 (Cb−128)
+//!   ```
+//!
+//!   computed with OpenCV's 20-bit fixed-point coefficients
+//!   ([`ycbcr_to_rgb`]; luma below 16 counts as 16), rounded half up and
+//!   clamped to 0..=255. The inverse ([`rgb_to_ycbcr`]) uses the matching
+//!   forward coefficients. MJPEG (JFIF) is full-range BT.601 and is decoded by
+//!   the JPEG decoder of the runtime, not here.
+//! - **Chroma siting:** 4:2:2 and 4:2:0 chroma is applied to its 2 (or 2×2)
+//!   pixels unchanged (nearest neighbour, no interpolation); [`rgb_to_i420`]
+//!   averages each 2×2 block (rounded half up). This is the cheapest one-pass
+//!   scheme; the difference to interpolated siting is below one code value on
+//!   smooth content and irrelevant for segmentation.
+//! - **Layouts** are tightly packed (no row padding): YUYV is `Y0 U Y1 V` per
+//!   pixel pair; NV12 is the Y plane followed by interleaved `U V` at half
+//!   resolution; I420 is Y, then U, then V planes at half resolution; RGB24 is
+//!   `R G B`; GREY is one byte per pixel, replicated to R, G and B.
+//! - **Sizes:** zero sides are rejected; YUYV needs an even width, NV12 and I420
+//!   need even width and height (odd sizes are an error, never silently
+//!   cropped); buffer lengths must match exactly; size arithmetic is checked.
+
+/// Capture pixel formats that convert to RGB8 without a decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RawFormat {
+    /// Interleaved 8-bit R, G, B.
+    Rgb24,
+    /// 8-bit luma only.
+    Grey,
+    /// Packed 4:2:2 `Y0 U Y1 V` (V4L2 `YUYV`, FourCC `YUY2`).
+    Yuyv,
+    /// Semi-planar 4:2:0: Y plane, then interleaved `U V` (V4L2 `NV12`).
+    Nv12,
+    /// Planar 4:2:0: Y, U, V planes (Y4M `C420*`, V4L2 `YU12`).
+    I420,
+}
+
+impl RawFormat {
+    /// Short lower-case name used in logs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rgb24 => "rgb24",
+            Self::Grey => "grey",
+            Self::Yuyv => "yuyv",
+            Self::Nv12 => "nv12",
+            Self::I420 => "i420",
+        }
+    }
+}
+
+/// Why a buffer cannot be converted.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PixFmtError {
+    /// A side is zero.
+    #[error("{format} frame size {width}x{height} has a zero side")]
+    ZeroSize {
+        /// Format name.
+        format: &'static str,
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+    },
+    /// The format subsamples chroma and needs even sides.
+    #[error("{format} needs an even {what}, got {width}x{height}")]
+    OddSize {
+        /// Format name.
+        format: &'static str,
+        /// `width` or `width and height`.
+        what: &'static str,
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+    },
+    /// The size overflows `usize`.
+    #[error("{format} frame size {width}x{height} overflows")]
+    Overflow {
+        /// Format name.
+        format: &'static str,
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+    },
+    /// The input or output buffer has the wrong length.
+    #[error("{format} {width}x{height} {which} buffer needs {expected} bytes, got {got}")]
+    BadLength {
+        /// Format name.
+        format: &'static str,
+        /// `input` or `output`.
+        which: &'static str,
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+        /// Bytes required.
+        expected: usize,
+        /// Bytes present.
+        got: usize,
+    },
+}
+
+/// Bytes of one tightly packed `width × height` frame in `format`, after
+/// checking the size rules (non-zero, even where chroma is subsampled, no
+/// overflow).
+pub fn frame_len(format: RawFormat, width: usize, height: usize) -> Result<usize, PixFmtError> {
+    let name = format.name();
+    if width == 0 || height == 0 {
+        return Err(PixFmtError::ZeroSize {
+            format: name,
+            width,
+            height,
+        });
+    }
+    let odd = |what| PixFmtError::OddSize {
+        format: name,
+        what,
+        width,
+        height,
+    };
+    match format {
+        RawFormat::Yuyv if width % 2 != 0 => return Err(odd("width")),
+        RawFormat::Nv12 | RawFormat::I420 if width % 2 != 0 || height % 2 != 0 => {
+            return Err(odd("width and height"))
+        }
+        _ => {}
+    }
+    let overflow = || PixFmtError::Overflow {
+        format: name,
+        width,
+        height,
+    };
+    let pixels = width.checked_mul(height).ok_or_else(overflow)?;
+    match format {
+        RawFormat::Rgb24 => pixels.checked_mul(3).ok_or_else(overflow),
+        RawFormat::Grey => Ok(pixels),
+        RawFormat::Yuyv => pixels.checked_mul(2).ok_or_else(overflow),
+        // pixels is a multiple of 4 here, so / 2 * 3 is exact.
+        RawFormat::Nv12 | RawFormat::I420 => (pixels / 2).checked_mul(3).ok_or_else(overflow),
+    }
+}
+
+/// Bytes of a `width × height` RGB8 frame (checked; zero sides rejected).
+pub fn rgb_len(width: usize, height: usize) -> Result<usize, PixFmtError> {
+    frame_len(RawFormat::Rgb24, width, height)
+}
+
+fn check_buffers(
+    format: RawFormat,
+    width: usize,
+    height: usize,
+    src: &[u8],
+    dst: &[u8],
+) -> Result<(), PixFmtError> {
+    let expected = frame_len(format, width, height)?;
+    let bad = |which, expected, got| PixFmtError::BadLength {
+        format: format.name(),
+        which,
+        width,
+        height,
+        expected,
+        got,
+    };
+    if src.len() != expected {
+        return Err(bad("input", expected, src.len()));
+    }
+    let out = rgb_len(width, height)?;
+    if dst.len() != out {
+        return Err(bad("output", out, dst.len()));
+    }
+    Ok(())
+}
+
+/// Converts one BT.601 limited-range `Y Cb Cr` sample to `[R, G, B]`.
+///
+/// This is OpenCV's fixed-point conversion (`cv2.cvtColor` with
+/// `COLOR_YUV2RGB_NV12` / `_YUYV`: 20-bit coefficients, luma below 16 treated
+/// as 16, round half up, saturate), the same arithmetic as
+/// `reference::yuv_to_rgb`, the spec of the GPU preprocessing kernel, so the
+/// CPU stream path and the fused GPU path agree bit for bit.
+#[inline(always)]
+pub fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    const CY: i32 = 1_220_542;
+    const CUB: i32 = 2_116_026;
+    const CUG: i32 = -409_993;
+    const CVG: i32 = -852_492;
+    const CVR: i32 = 1_673_527;
+    const HALF: i32 = 1 << 19;
+    let yy = (i32::from(y) - 16).max(0) * CY + HALF;
+    let (u, v) = (i32::from(cb) - 128, i32::from(cr) - 128);
+    let sat = |x: i32| (x >> 20).clamp(0, 255) as u8;
+    [
+        sat(yy + CVR * v),
+        sat(yy + CVG * v + CUG * u),
+        sat(yy + CUB * u),
+    ]
+}
+
+/// Converts `[R, G, B]` to BT.601 limited-range `[Y, Cb, Cr]` (rounded, clamped).
+#[inline(always)]
+pub fn rgb_to_ycbcr(rgb: [u8; 3]) -> [u8; 3] {
+    const HALF: i32 = 1 << 15;
+    let (r, g, b) = (i32::from(rgb[0]), i32::from(rgb[1]), i32::from(rgb[2]));
+    // 16.16 fixed point of the BT.601 forward matrix scaled to 219/224 levels.
+    let y = (16829 * r + 33039 * g + 6416 * b + HALF + (16 << 16)) >> 16;
+    let cb = (-9714 * r - 19070 * g + 28784 * b + HALF + (128 << 16)) >> 16;
+    let cr = (28784 * r - 24103 * g - 4681 * b + HALF + (128 << 16)) >> 16;
+    [
+        y.clamp(0, 255) as u8,
+        cb.clamp(0, 255) as u8,
+        cr.clamp(0, 255) as u8,
+    ]
+}
+
+/// Converts a tightly packed `format` frame to interleaved RGB8 in `dst` in one
+/// pass. `dst` must hold exactly `width * height * 3` bytes.
+pub fn to_rgb(
+    format: RawFormat,
+    width: usize,
+    height: usize,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<(), PixFmtError> {
+    check_buffers(format, width, height, src, dst)?;
+    match format {
+        RawFormat::Rgb24 => dst.copy_from_slice(src),
+        RawFormat::Grey => {
+            for (o, &g) in dst.chunks_exact_mut(3).zip(src) {
+                o.copy_from_slice(&[g, g, g]);
+            }
+        }
+        RawFormat::Yuyv => {
+            for (o, i) in dst.chunks_exact_mut(6).zip(src.chunks_exact(4)) {
+                let (u, v) = (i[1], i[3]);
+                o[..3].copy_from_slice(&ycbcr_to_rgb(i[0], u, v));
+                o[3..].copy_from_slice(&ycbcr_to_rgb(i[2], u, v));
+            }
+        }
+        RawFormat::Nv12 | RawFormat::I420 => {
+            let pixels = width * height;
+            let (luma, chroma) = src.split_at(pixels);
+            let cw = width / 2;
+            let (u_plane, v_plane) = chroma.split_at(pixels / 4);
+            for (row, (out_row, y_row)) in dst
+                .chunks_exact_mut(width * 3)
+                .zip(luma.chunks_exact(width))
+                .enumerate()
+            {
+                let crow = row / 2;
+                for (col, (o, y2)) in out_row
+                    .chunks_exact_mut(6)
+                    .zip(y_row.chunks_exact(2))
+                    .enumerate()
+                {
+                    let (u, v) = if format == RawFormat::Nv12 {
+                        let k = 2 * (crow * cw + col);
+                        (chroma[k], chroma[k + 1])
+                    } else {
+                        let k = crow * cw + col;
+                        (u_plane[k], v_plane[k])
+                    };
+                    o[..3].copy_from_slice(&ycbcr_to_rgb(y2[0], u, v));
+                    o[3..].copy_from_slice(&ycbcr_to_rgb(y2[1], u, v));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts interleaved RGB8 to planar I420 (BT.601 limited range, chroma
+/// averaged over each 2×2 block). `dst` must hold `width * height * 3 / 2`
+/// bytes; both sides must be even.
+pub fn rgb_to_i420(
+    width: usize,
+    height: usize,
+    src: &[u8],
+    dst: &mut [u8],
+) -> Result<(), PixFmtError> {
+    let need = frame_len(RawFormat::I420, width, height)?;
+    let rgb = rgb_len(width, height)?;
+    let bad = |which, expected, got| PixFmtError::BadLength {
+        format: "rgb24",
+        which,
+        width,
+        height,
+        expected,
+        got,
+    };
+    if src.len() != rgb {
+        return Err(bad("input", rgb, src.len()));
+    }
+    if dst.len() != need {
+        return Err(bad("output", need, dst.len()));
+    }
+    let pixels = width * height;
+    let (y_plane, chroma) = dst.split_at_mut(pixels);
+    let (u_plane, v_plane) = chroma.split_at_mut(pixels / 4);
+    let cw = width / 2;
+    for crow in 0..height / 2 {
+        for ccol in 0..cw {
+            let (mut su, mut sv) = (0u32, 0u32);
+            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let (r, c) = (2 * crow + dy, 2 * ccol + dx);
+                let i = (r * width + c) * 3;
+                let [y, u, v] = rgb_to_ycbcr([src[i], src[i + 1], src[i + 2]]);
+                y_plane[r * width + c] = y;
+                su += u32::from(u);
+                sv += u32::from(v);
+            }
+            // Four values of at most 255: the rounded mean fits a u8.
+            u_plane[crow * cw + ccol] = ((su + 2) / 4) as u8;
+            v_plane[crow * cw + ccol] = ((sv + 2) / 4) as u8;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_colours() {
+        // Limited-range black and white are exact.
+        assert_eq!(ycbcr_to_rgb(16, 128, 128), [0, 0, 0]);
+        assert_eq!(ycbcr_to_rgb(235, 128, 128), [255, 255, 255]);
+        // The 100% primaries come back within one code value.
+        for (ycc, rgb) in [
+            ([81, 90, 240], [255, 0, 0]),
+            ([145, 54, 34], [0, 255, 0]),
+            ([41, 240, 110], [0, 0, 255]),
+        ] {
+            let got = ycbcr_to_rgb(ycc[0], ycc[1], ycc[2]);
+            for (g, e) in got.iter().zip(rgb) {
+                assert!((i32::from(*g) - e).abs() <= 1, "{ycc:?} -> {got:?}");
+            }
+        }
+        // The fixed-point path equals the float formula rounded, everywhere.
+        for y in 0..=255u8 {
+            for cb in (0..=255u8).step_by(5) {
+                for cr in (0..=255u8).step_by(5) {
+                    let (yf, d, e) = (
+                        (f64::from(y) - 16.0).max(0.0),
+                        f64::from(cb) - 128.0,
+                        f64::from(cr) - 128.0,
+                    );
+                    let f = [
+                        1.164383 * yf + 1.596027 * e,
+                        1.164383 * yf - 0.391762 * d - 0.812968 * e,
+                        1.164383 * yf + 2.017232 * d,
+                    ];
+                    let got = ycbcr_to_rgb(y, cb, cr);
+                    for (g, v) in got.iter().zip(f) {
+                        let want = (v + 0.5).floor().clamp(0.0, 255.0);
+                        assert!((f64::from(*g) - want).abs() <= 1.0, "{y},{cb},{cr}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_then_inverse_is_close() {
+        for r in (0..=255).step_by(17) {
+            for g in (0..=255).step_by(17) {
+                for b in (0..=255).step_by(17) {
+                    let [y, u, v] = rgb_to_ycbcr([r as u8, g as u8, b as u8]);
+                    let back = ycbcr_to_rgb(y, u, v);
+                    for (a, e) in back.iter().zip([r, g, b]) {
+                        assert!((i32::from(*a) - e).abs() <= 2, "{r},{g},{b} -> {back:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layouts() {
+        // 2x2 frame, one chroma sample: Y = 16, 81, 145, 235.
+        let (w, h) = (2, 2);
+        let mut out = vec![0; 12];
+        let i420 = [16, 81, 145, 235, 128, 128];
+        to_rgb(RawFormat::I420, w, h, &i420, &mut out).unwrap();
+        assert_eq!(&out[..3], &[0, 0, 0]);
+        assert_eq!(&out[9..], &[255, 255, 255]);
+        let nv12 = [16, 81, 145, 235, 128, 128];
+        let mut out2 = vec![0; 12];
+        to_rgb(RawFormat::Nv12, w, h, &nv12, &mut out2).unwrap();
+        assert_eq!(out, out2);
+        // NV12 interleaves U V; I420 has U plane then V plane.
+        let nv12 = [16, 16, 16, 16, 90, 240];
+        let i420 = [16, 16, 16, 16, 90, 240];
+        to_rgb(RawFormat::Nv12, w, h, &nv12, &mut out).unwrap();
+        to_rgb(RawFormat::I420, w, h, &i420, &mut out2).unwrap();
+        assert_eq!(out, out2);
+        // YUYV: one pair sharing chroma.
+        let yuyv = [81, 90, 145, 240, 16, 128, 235, 128];
+        let mut out = vec![0; 12];
+        to_rgb(RawFormat::Yuyv, 2, 2, &yuyv, &mut out).unwrap();
+        assert_eq!(&out[6..], &[0, 0, 0, 255, 255, 255]);
+        assert_eq!(out[0], ycbcr_to_rgb(81, 90, 240)[0]);
+        // GREY replicates, RGB24 copies.
+        let mut out = vec![0; 6];
+        to_rgb(RawFormat::Grey, 2, 1, &[7, 9], &mut out).unwrap();
+        assert_eq!(out, [7, 7, 7, 9, 9, 9]);
+        to_rgb(RawFormat::Rgb24, 2, 1, &[1, 2, 3, 4, 5, 6], &mut out).unwrap();
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn i420_round_trip() {
+        let (w, h) = (6, 4);
+        let src: Vec<u8> = (0..w * h).flat_map(|_| [200u8, 120, 40]).collect();
+        let mut yuv = vec![0; frame_len(RawFormat::I420, w, h).unwrap()];
+        rgb_to_i420(w, h, &src, &mut yuv).unwrap();
+        let mut back = vec![0; w * h * 3];
+        to_rgb(RawFormat::I420, w, h, &yuv, &mut back).unwrap();
+        for (a, b) in back.iter().zip(&src) {
+            assert!((i32::from(*a) - i32::from(*b)).abs() <= 2);
+        }
+    }
+
+    #[test]
+    fn size_errors() {
+        let mut out = vec![0; 12];
+        assert!(matches!(
+            to_rgb(RawFormat::Nv12, 0, 2, &[], &mut out),
+            Err(PixFmtError::ZeroSize { .. })
+        ));
+        assert!(matches!(
+            frame_len(RawFormat::I420, 3, 2),
+            Err(PixFmtError::OddSize { .. })
+        ));
+        assert!(matches!(
+            frame_len(RawFormat::Nv12, 2, 3),
+            Err(PixFmtError::OddSize { .. })
+        ));
+        assert!(matches!(
+            frame_len(RawFormat::Yuyv, 3, 2),
+            Err(PixFmtError::OddSize { .. })
+        ));
+        assert_eq!(frame_len(RawFormat::Grey, 3, 3), Ok(9));
+        assert!(matches!(
+            frame_len(RawFormat::Rgb24, usize::MAX, 2),
+            Err(PixFmtError::Overflow { .. })
+        ));
+        // Truncated input and wrong output length.
+        assert!(matches!(
+            to_rgb(RawFormat::Yuyv, 2, 2, &[0; 7], &mut out),
+            Err(PixFmtError::BadLength { which: "input", .. })
+        ));
+        assert!(matches!(
+            to_rgb(RawFormat::Yuyv, 2, 2, &[0; 8], &mut out[..11]),
+            Err(PixFmtError::BadLength {
+                which: "output",
+                ..
+            })
+        ));
+    }
+}
