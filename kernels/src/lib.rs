@@ -2,17 +2,26 @@
 //!
 //! Hand-written CUDA kernels for the GPU backend and, for each one, a plain-Rust
 //! CPU reference that is its specification. CUDA C sources live in `kernels/cu/`
-//! and are compiled at run time with NVRTC (through cudarc) for the GPU present
-//! (sm_87 Jetson Orin first); nothing here calls nvcc at build time. The CPU
-//! references (pre-processing, post-processing, the building blocks of SAM-style
-//! encoders and decoders, few-shot heads) are also what the CPU paths of the
-//! runtime and the models use, so that every backend computes the same thing.
+//! ([`sources`], embedded with `include_str!`) and are compiled at run time with
+//! NVRTC (through cudarc, feature `cuda`) for the GPU present (sm_87 Jetson Orin
+//! first); nothing here calls nvcc at build time.
 //!
-//! So far it holds the CPU reference of LiteMedSAM's pre- and post-processing
-//! ([`prepost`]), a minimal `.npy` reader for golden-file tests ([`npy`]) and
-//! the capture pixel-format conversions to RGB ([`pixfmt`]).
-#![forbid(unsafe_code)]
+//! * [`prepost`]: LiteMedSAM's pre- and post-processing, bit-exact with the
+//!   original Python (the CPU path of the runtime and the models).
+//! * [`reference`]: the specifications of the kernels (fused pre/post-processing
+//!   from camera frames, building blocks of SAM-style encoders and decoders,
+//!   few-shot heads) and the parity-test tolerance tiers.
+//! * `gpu` (feature `cuda` or `cuda-13000`): NVRTC compilation with an on-disk
+//!   module cache, the CUDA context, and typed launchers. The only `unsafe` code
+//!   of the crate lives there, in the FFI layer.
+//! * [`npy`]: a minimal `.npy` reader for golden-file tests.
+#![deny(unsafe_code)]
 
+#[cfg(any(feature = "cuda-12060", feature = "cuda-13000"))]
+pub mod gpu;
+pub mod module_cache;
 pub mod npy;
 pub mod pixfmt;
 pub mod prepost;
+pub mod reference;
+pub mod sources;

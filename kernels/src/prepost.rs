@@ -37,7 +37,7 @@ pub enum PrepError {
 }
 
 /// Checks that a buffer holds exactly `Π dims` elements (overflow-safe).
-fn check_len(what: &'static str, got: usize, dims: &[usize]) -> Result<(), PrepError> {
+pub(crate) fn check_len(what: &'static str, got: usize, dims: &[usize]) -> Result<(), PrepError> {
     let expected = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -69,16 +69,16 @@ pub fn longest_side_size(h: usize, w: usize, target: usize) -> (usize, usize) {
 /// One entry of OpenCV's area-resize table: destination index, source index,
 /// weight (f32, as OpenCV stores it).
 #[derive(Debug, Clone, Copy)]
-struct AreaTab {
-    di: usize,
-    si: usize,
-    alpha: f32,
+pub(crate) struct AreaTab {
+    pub(crate) di: usize,
+    pub(crate) si: usize,
+    pub(crate) alpha: f32,
 }
 
 /// OpenCV `computeResizeAreaTab` for one axis: for each destination index the
 /// source samples it covers with their f32 weights. Partial cells at either end
 /// get a fractional weight; slivers of at most 1e-3 are dropped.
-fn area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<AreaTab> {
+pub(crate) fn area_tab(ssize: usize, dsize: usize, scale: f64) -> Vec<AreaTab> {
     let mut tab = Vec::with_capacity(ssize * 2);
     for dx in 0..dsize {
         let fsx1 = dx as f64 * scale;
@@ -207,6 +207,53 @@ pub fn resize_area_u8(
     Ok(out)
 }
 
+/// Which of OpenCV's `INTER_AREA` code paths [`resize_area_u8`] takes for a
+/// `src_h`×`src_w` → `dst_h`×`dst_w` resize, with the per-axis tables it uses.
+/// The GPU resize kernel runs from this plan, so that both sides share one
+/// decision and one set of tables.
+#[derive(Debug, Clone)]
+pub(crate) enum ResizePlan {
+    /// Integer scales on both axes (including 1×1, the copy): block sums.
+    Fast { sy: usize, sx: usize },
+    /// Shrink with fractional scales: f32 area tables per axis.
+    General {
+        ytab: Vec<AreaTab>,
+        xtab: Vec<AreaTab>,
+    },
+    /// An axis is enlarged: 11-bit fixed-point bilinear tables per axis.
+    Enlarge {
+        ys: Vec<(usize, bool, i32, i32)>,
+        xs: Vec<(usize, bool, i32, i32)>,
+    },
+}
+
+/// The [`ResizePlan`] of a resize; sizes must be non-zero.
+pub(crate) fn resize_plan(src_h: usize, src_w: usize, dst_h: usize, dst_w: usize) -> ResizePlan {
+    if dst_h == src_h && dst_w == src_w {
+        return ResizePlan::Fast { sy: 1, sx: 1 };
+    }
+    if dst_h > src_h || dst_w > src_w {
+        return ResizePlan::Enlarge {
+            ys: enlarge_axis(src_h, dst_h),
+            xs: enlarge_axis(src_w, dst_w),
+        };
+    }
+    let scale_x = 1.0 / (dst_w as f64 / src_w as f64);
+    let scale_y = 1.0 / (dst_h as f64 / src_h as f64);
+    let is_x = scale_x.round();
+    let is_y = scale_y.round();
+    if (scale_x - is_x).abs() < f64::EPSILON && (scale_y - is_y).abs() < f64::EPSILON {
+        return ResizePlan::Fast {
+            sy: is_y as usize,
+            sx: is_x as usize,
+        };
+    }
+    ResizePlan::General {
+        ytab: area_tab(src_h, dst_h, scale_y),
+        xtab: area_tab(src_w, dst_w, scale_x),
+    }
+}
+
 /// OpenCV `resizeAreaFast` (integer scales `sy`×`sx`; the source is exactly
 /// `dst * scale` on both axes).
 fn resize_area_fast(
@@ -247,7 +294,7 @@ fn resize_area_fast(
 /// `fx = (dx+1) − (sx+1)/scale` (f32), `fx ≤ 0 → 0`, else its fractional part;
 /// at the border `sx = size−1, fx = 0`; weights `round((1−fx)·2048)`,
 /// `round(fx·2048)`.
-fn enlarge_axis(ssize: usize, dsize: usize) -> Vec<(usize, bool, i32, i32)> {
+pub(crate) fn enlarge_axis(ssize: usize, dsize: usize) -> Vec<(usize, bool, i32, i32)> {
     let inv_scale = dsize as f64 / ssize as f64;
     let scale = 1.0 / inv_scale;
     (0..dsize)
@@ -415,7 +462,7 @@ pub fn point_to_256(point: [f64; 2], h: usize, w: usize) -> [f32; 2] {
 /// `src = ratio * (d + 0.5) - 0.5` clamped at 0, `i0 = min(floor(src), in-1)`,
 /// `i1 = i0 + (i0 < in-1)`, `l1 = clamp(src - i0, 0, 1)`, `l0 = 1 - l1`; equal
 /// sizes copy.
-fn linear_axis(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+pub(crate) fn linear_axis(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
     if input == output {
         return (0..output).map(|d| (d, d, 1.0, 0.0)).collect();
     }

@@ -1,0 +1,931 @@
+//! Typed launchers: every kernel of `kernels/cu/` behind a checked Rust call.
+//!
+//! Launchers enqueue on [`Gpu::stream`] and return without waiting; buffers are
+//! cudarc [`CudaSlice`]s whose lengths are checked against the shapes first, so a
+//! wrong size is an error, never an out-of-bounds access on the GPU. f16 tensors
+//! are `CudaSlice<u16>` holding IEEE binary16 bit patterns. Each launcher's
+//! specification is the CPU reference named in its doc comment.
+//!
+//! Kernel launches are the remaining FFI: each `unsafe` block states why the
+//! argument list matches the kernel's parameters.
+#![allow(unsafe_code)]
+
+use cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+
+use super::{to_i32, Gpu, GpuError};
+use crate::prepost::longest_side_size;
+use crate::reference::nn::{Act, AttnShape, ConvShape, NnError, Strides};
+use crate::reference::{plan_resize, plan_upsample, OverlayStyle, PixelFormat};
+
+/// A null device pointer for optional kernel arguments.
+static NULL_PTR: u64 = 0;
+
+fn need(what: &'static str, got: usize, dims: &[usize]) -> Result<(), GpuError> {
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| NnError::BadShape(format!("{what}: {dims:?} overflows")))?;
+    if got == expected {
+        Ok(())
+    } else {
+        Err(NnError::BadLength {
+            what,
+            got,
+            expected,
+        }
+        .into())
+    }
+}
+
+fn blocks(n: usize, per: usize) -> Result<u32, GpuError> {
+    u32::try_from(n.div_ceil(per).max(1)).map_err(|_| GpuError::TooLarge {
+        what: "grid size",
+        value: n,
+        limit: u32::MAX as usize,
+    })
+}
+
+fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: block,
+        shared_mem_bytes: smem,
+    }
+}
+
+fn launch(args: &mut LaunchArgs<'_>, c: LaunchConfig) -> Result<(), GpuError> {
+    // SAFETY: every caller pushes exactly the kernel's parameters, in order and
+    // with the kernel's types (device pointers as CudaSlice / NULL_PTR, `int` as
+    // i32, `long long` as i64, `float` as f32, `unsigned int` as u32), after
+    // checking every buffer's length against the shape the kernel indexes.
+    unsafe { args.launch(c) }
+        .map(|_| ())
+        .map_err(GpuError::driver("cuLaunchKernel"))
+}
+
+fn opt<'a, T>(args: &mut LaunchArgs<'a>, s: Option<&'a CudaSlice<T>>) {
+    match s {
+        Some(s) => args.arg(s),
+        None => args.arg(&NULL_PTR),
+    };
+}
+
+impl Gpu {
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, GpuError> {
+        self.stream()
+            .clone_htod(v)
+            .map_err(GpuError::driver("cuMemcpyHtoD"))
+    }
+
+    /// Copies a device buffer back (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, s: &CudaSlice<T>) -> Result<Vec<T>, GpuError> {
+        self.stream()
+            .clone_dtoh(s)
+            .map_err(GpuError::driver("cuMemcpyDtoH"))
+    }
+
+    /// A zeroed device buffer of `n` elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, GpuError> {
+        self.stream()
+            .alloc_zeros(n.max(1))
+            .map_err(GpuError::driver("cuMemAlloc"))
+    }
+}
+
+/// Device-side tables and scratch of the fused pre-processing for one frame
+/// geometry (build once, run per frame). Spec: `reference::preprocess_frame`.
+#[derive(Debug)]
+pub struct PreprocessPlan {
+    format: PixelFormat,
+    width: usize,
+    height: usize,
+    stride: usize,
+    /// Model input side.
+    pub size: usize,
+    /// Height after the longest-side resize.
+    pub new_h: usize,
+    /// Width after the longest-side resize.
+    pub new_w: usize,
+    frame_len: usize,
+    mode: i32,
+    fsx: i32,
+    fsy: i32,
+    inv_area: f32,
+    xi: CudaSlice<i32>,
+    xf: CudaSlice<f32>,
+    yi: CudaSlice<i32>,
+    yf: CudaSlice<f32>,
+    /// The resized u8 image (`new_h × new_w × 3`), valid after a run.
+    pub resized: CudaSlice<u8>,
+    minmax: CudaSlice<u32>,
+}
+
+/// Device-side tables of the fused post-processing for one geometry.
+/// Spec: `reference::postprocess_overlay`.
+#[derive(Debug)]
+pub struct PostprocessPlan {
+    lh: usize,
+    lw: usize,
+    /// Output height (the frame's).
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+    yi: CudaSlice<i32>,
+    yw: CudaSlice<f32>,
+    xi: CudaSlice<i32>,
+    xw: CudaSlice<f32>,
+}
+
+fn pack_rgb(c: [u8; 3]) -> u32 {
+    u32::from(c[0]) | (u32::from(c[1]) << 8) | (u32::from(c[2]) << 16)
+}
+
+impl Gpu {
+    /// Plans the pre-processing of `format` frames of `width × height` (row pitch
+    /// `stride` bytes) for a `size × size` model input.
+    pub fn preprocess_plan(
+        &self,
+        format: PixelFormat,
+        width: usize,
+        height: usize,
+        stride: usize,
+        size: usize,
+    ) -> Result<PreprocessPlan, GpuError> {
+        let frame = crate::reference::Frame {
+            format,
+            width,
+            height,
+            stride,
+            data: &[],
+        };
+        let frame_len = frame.required_len()?;
+        to_i32("frame bytes", frame_len)?;
+        let (new_h, new_w) = longest_side_size(height, width, size);
+        let t = plan_resize(height, width, new_h, new_w)?;
+        Ok(PreprocessPlan {
+            format,
+            width,
+            height,
+            stride,
+            size,
+            new_h,
+            new_w,
+            frame_len,
+            mode: t.mode,
+            fsx: t.fsx,
+            fsy: t.fsy,
+            inv_area: t.inv_area,
+            xi: self.upload(&t.xi)?,
+            xf: self.upload(&t.xf)?,
+            yi: self.upload(&t.yi)?,
+            yf: self.upload(&t.yf)?,
+            resized: self.zeros(new_h * new_w * 3)?,
+            minmax: self.zeros(2)?,
+        })
+    }
+
+    fn preprocess_resize(
+        &self,
+        p: &mut PreprocessPlan,
+        frame: &CudaSlice<u8>,
+    ) -> Result<(), GpuError> {
+        if frame.len() < p.frame_len {
+            return Err(NnError::BadLength {
+                what: "frame",
+                got: frame.len(),
+                expected: p.frame_len,
+            }
+            .into());
+        }
+        self.stream()
+            .memcpy_htod(&[255u32, 0u32], &mut p.minmax)
+            .map_err(GpuError::driver("cuMemcpyHtoD"))?;
+        let f = self.function("preprocess.cu", "pre_resize")?;
+        let (fmt, sh, sw, st) = (
+            p.format.code(),
+            to_i32("height", p.height)?,
+            to_i32("width", p.width)?,
+            to_i32("stride", p.stride)?,
+        );
+        let (dh, dw) = (to_i32("new_h", p.new_h)?, to_i32("new_w", p.new_w)?);
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(frame)
+            .arg(&fmt)
+            .arg(&sh)
+            .arg(&sw)
+            .arg(&st)
+            .arg(&p.mode);
+        a.arg(&dh)
+            .arg(&dw)
+            .arg(&p.xi)
+            .arg(&p.xf)
+            .arg(&p.yi)
+            .arg(&p.yf);
+        a.arg(&p.fsx).arg(&p.fsy).arg(&p.inv_area);
+        a.arg(&mut p.resized).arg(&mut p.minmax);
+        launch(
+            &mut a,
+            cfg((blocks(p.new_h * p.new_w, 256)?, 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Fused pre-processing to f32 NCHW (`3 × size × size`).
+    pub fn preprocess_f32(
+        &self,
+        p: &mut PreprocessPlan,
+        frame: &CudaSlice<u8>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        need("preprocess output", out.len(), &[3, p.size, p.size])?;
+        self.preprocess_resize(p, frame)?;
+        let f = self.function("preprocess.cu", "pre_normalize_f32")?;
+        let (nh, nw, s) = (
+            to_i32("new_h", p.new_h)?,
+            to_i32("new_w", p.new_w)?,
+            to_i32("size", p.size)?,
+        );
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(&p.resized)
+            .arg(&p.minmax)
+            .arg(&nh)
+            .arg(&nw)
+            .arg(&s)
+            .arg(out);
+        launch(
+            &mut a,
+            cfg((blocks(3 * p.size * p.size, 256)?, 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Fused pre-processing to f16 NCHW (bit patterns).
+    pub fn preprocess_f16(
+        &self,
+        p: &mut PreprocessPlan,
+        frame: &CudaSlice<u8>,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<(), GpuError> {
+        need("preprocess output", out.len(), &[3, p.size, p.size])?;
+        self.preprocess_resize(p, frame)?;
+        let f = self.function("preprocess.cu", "pre_normalize_f16")?;
+        let (nh, nw, s) = (
+            to_i32("new_h", p.new_h)?,
+            to_i32("new_w", p.new_w)?,
+            to_i32("size", p.size)?,
+        );
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(&p.resized)
+            .arg(&p.minmax)
+            .arg(&nh)
+            .arg(&nw)
+            .arg(&s)
+            .arg(out);
+        launch(
+            &mut a,
+            cfg((blocks(3 * p.size * p.size, 256)?, 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Plans the post-processing of `lh × lw` logits whose top-left
+    /// `new_h × new_w` is the image, to an `out_h × out_w` frame.
+    pub fn postprocess_plan(
+        &self,
+        lh: usize,
+        lw: usize,
+        new_h: usize,
+        new_w: usize,
+        out_h: usize,
+        out_w: usize,
+    ) -> Result<PostprocessPlan, GpuError> {
+        if new_h == 0 || new_w == 0 || new_h > lh || new_w > lw || out_h == 0 || out_w == 0 {
+            return Err(crate::prepost::PrepError::BadSize(format!(
+                "crop {new_h}x{new_w} of {lh}x{lw} to {out_h}x{out_w}"
+            ))
+            .into());
+        }
+        to_i32(
+            "frame pixels",
+            out_h.saturating_mul(out_w).saturating_mul(3),
+        )?;
+        let (yi, yw) = plan_upsample(new_h, out_h);
+        let (xi, xw) = plan_upsample(new_w, out_w);
+        Ok(PostprocessPlan {
+            lh,
+            lw,
+            out_h,
+            out_w,
+            yi: self.upload(&yi)?,
+            yw: self.upload(&yw)?,
+            xi: self.upload(&xi)?,
+            xw: self.upload(&xw)?,
+        })
+    }
+
+    /// Fused post-processing: the 0/1 mask, and with `overlay = Some((rgb_in,
+    /// rgb_out))` the overlaid frame in the same pass.
+    pub fn postprocess(
+        &self,
+        p: &PostprocessPlan,
+        logits: &CudaSlice<f32>,
+        mask: &mut CudaSlice<u8>,
+        overlay: Option<(&CudaSlice<u8>, &mut CudaSlice<u8>)>,
+        style: &OverlayStyle,
+    ) -> Result<(), GpuError> {
+        need("logits", logits.len(), &[p.lh, p.lw])?;
+        need("mask", mask.len(), &[p.out_h, p.out_w])?;
+        if let Some((i, o)) = &overlay {
+            need("overlay input", i.len(), &[p.out_h, p.out_w, 3])?;
+            need("overlay output", o.len(), &[p.out_h, p.out_w, 3])?;
+        }
+        let f = self.function("postprocess.cu", "post_mask_overlay")?;
+        let (lw, oh, ow) = (
+            to_i32("lw", p.lw)?,
+            to_i32("out_h", p.out_h)?,
+            to_i32("out_w", p.out_w)?,
+        );
+        let (fill, contour) = (pack_rgb(style.fill), pack_rgb(style.contour));
+        let oma = 1.0f32 - style.alpha;
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(logits).arg(&lw).arg(&oh).arg(&ow);
+        a.arg(&p.yi).arg(&p.yw).arg(&p.xi).arg(&p.xw).arg(mask);
+        match overlay {
+            Some((i, o)) => {
+                a.arg(i).arg(o);
+            }
+            None => {
+                a.arg(&NULL_PTR).arg(&NULL_PTR);
+            }
+        }
+        a.arg(&fill).arg(&style.alpha).arg(&oma).arg(&contour);
+        launch(
+            &mut a,
+            cfg(
+                (blocks(p.out_w, 32)?, blocks(p.out_h, 8)?, 1),
+                (32, 8, 1),
+                0,
+            ),
+        )
+    }
+
+    /// LayerNorm over rows of `c`. Spec: `reference::nn::layer_norm`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        need("layer_norm x", x.len(), &[rows, c])?;
+        need("layer_norm y", y.len(), &[rows, c])?;
+        need("layer_norm gamma", gamma.len(), &[c])?;
+        need("layer_norm beta", beta.len(), &[c])?;
+        let f = self.function("layernorm.cu", "layernorm_f32")?;
+        let (r, ci) = (to_i32("rows", rows)?, to_i32("c", c)?);
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(x)
+            .arg(gamma)
+            .arg(beta)
+            .arg(y)
+            .arg(&r)
+            .arg(&ci)
+            .arg(&eps);
+        let threads = if c >= 1024 { 256 } else { 128 };
+        launch(
+            &mut a,
+            cfg(
+                (u32::try_from(rows.max(1)).unwrap_or(u32::MAX), 1, 1),
+                (threads, 1, 1),
+                0,
+            ),
+        )
+    }
+
+    /// LayerNorm2d over the channels of `n × c × hw`. Spec: `reference::nn::layer_norm2d`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm2d(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        n: usize,
+        c: usize,
+        hw: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        need("layer_norm2d x", x.len(), &[n, c, hw])?;
+        need("layer_norm2d y", y.len(), &[n, c, hw])?;
+        need("layer_norm2d gamma", gamma.len(), &[c])?;
+        need("layer_norm2d beta", beta.len(), &[c])?;
+        let f = self.function("layernorm.cu", "layernorm2d_f32")?;
+        let (ni, ci, hwi) = (to_i32("n", n)?, to_i32("c", c)?, to_i32("hw", hw)?);
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(x)
+            .arg(gamma)
+            .arg(beta)
+            .arg(y)
+            .arg(&ni)
+            .arg(&ci)
+            .arg(&hwi)
+            .arg(&eps);
+        launch(&mut a, cfg((blocks(n * hw, 128)?, 1, 1), (128, 1, 1), 0))
+    }
+
+    /// Elementwise GELU, f32. Spec: `reference::nn::gelu`.
+    pub fn gelu_f32(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) -> Result<(), GpuError> {
+        need("gelu y", y.len(), &[x.len()])?;
+        let f = self.function("elementwise.cu", "gelu_f32")?;
+        let n = x.len() as i64;
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(x).arg(y).arg(&n);
+        launch(
+            &mut a,
+            cfg((blocks(x.len(), 256)?.min(65535), 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Elementwise GELU, f16 in and out, f32 math.
+    pub fn gelu_f16(&self, x: &CudaSlice<u16>, y: &mut CudaSlice<u16>) -> Result<(), GpuError> {
+        need("gelu y", y.len(), &[x.len()])?;
+        let f = self.function("elementwise.cu", "gelu_f16")?;
+        let n = x.len() as i64;
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(x).arg(y).arg(&n);
+        launch(
+            &mut a,
+            cfg((blocks(x.len(), 256)?.min(65535), 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Softmax over rows. Spec: `reference::nn::softmax_rows`.
+    pub fn softmax_rows(
+        &self,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), GpuError> {
+        need("softmax x", x.len(), &[rows, cols])?;
+        need("softmax y", y.len(), &[rows, cols])?;
+        let f = self.function("softmax.cu", "softmax_rows_f32")?;
+        let (r, c) = (to_i32("rows", rows)?, to_i32("cols", cols)?);
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(x).arg(y).arg(&r).arg(&c);
+        launch(
+            &mut a,
+            cfg(
+                (u32::try_from(rows.max(1)).unwrap_or(u32::MAX), 1, 1),
+                (256, 1, 1),
+                0,
+            ),
+        )
+    }
+
+    /// Flash-style multi-head attention (f16, f32 accumulation), head dimension
+    /// 16, 32 or 64. Spec: `reference::nn::attention_f16`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_f16(
+        &self,
+        s: AttnShape,
+        q: &CudaSlice<u16>,
+        qs: Strides,
+        k: &CudaSlice<u16>,
+        ks: Strides,
+        v: &CudaSlice<u16>,
+        vs: Strides,
+        bias: Option<&CudaSlice<f32>>,
+        scale: f32,
+        o: &mut CudaSlice<u16>,
+        os: Strides,
+    ) -> Result<(), GpuError> {
+        let kernel = match s.dim {
+            16 => "attention_f16_d16",
+            32 => "attention_f16_d32",
+            64 => "attention_f16_d64",
+            d => {
+                return Err(
+                    NnError::BadShape(format!("attention head dim {d} (16, 32 or 64)")).into(),
+                )
+            }
+        };
+        if s.nk == 0 || s.nq == 0 || s.batch == 0 || s.heads == 0 {
+            return Err(NnError::BadShape(format!("{s:?}")).into());
+        }
+        let last = |st: Strides, n: usize| {
+            (s.batch - 1) * st.batch + (s.heads - 1) * st.head + (n - 1) * st.token + s.dim
+        };
+        for (what, len, st, n) in [
+            ("attention q", q.len(), qs, s.nq),
+            ("attention k", k.len(), ks, s.nk),
+            ("attention v", v.len(), vs, s.nk),
+            ("attention o", o.len(), os, s.nq),
+        ] {
+            if len < last(st, n) {
+                return Err(NnError::BadLength {
+                    what,
+                    got: len,
+                    expected: last(st, n),
+                }
+                .into());
+            }
+        }
+        if let Some(b) = bias {
+            need("attention bias", b.len(), &[s.heads, s.nq, s.nk])?;
+        }
+        let f = self.function("attention.cu", kernel)?;
+        let (nq, nk) = (to_i32("nq", s.nq)?, to_i32("nk", s.nk)?);
+        let st = |x: Strides| [x.batch as i64, x.head as i64, x.token as i64];
+        let (sq, sk, sv, so) = (st(qs), st(ks), st(vs), st(os));
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(q).arg(k).arg(v).arg(o);
+        opt(&mut a, bias);
+        a.arg(&nq).arg(&nk).arg(&scale);
+        for x in sq.iter().chain(&sk).chain(&sv).chain(&so) {
+            a.arg(x);
+        }
+        let grid = (
+            blocks(s.nq, 64)?,
+            u32::try_from(s.heads).map_err(|_| GpuError::TooLarge {
+                what: "heads",
+                value: s.heads,
+                limit: 65535,
+            })?,
+            u32::try_from(s.batch).map_err(|_| GpuError::TooLarge {
+                what: "batch",
+                value: s.batch,
+                limit: 65535,
+            })?,
+        );
+        launch(&mut a, cfg(grid, (64, 1, 1), 0))
+    }
+
+    /// Window partition of `b × h × w × c` f16 tokens into `ws × ws` windows
+    /// (zero padding). Spec: `reference::nn::window_partition`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn window_partition_f16(
+        &self,
+        x: &CudaSlice<u16>,
+        out: &mut CudaSlice<u16>,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        ws: usize,
+    ) -> Result<(), GpuError> {
+        if ws == 0 {
+            return Err(NnError::BadShape("window size 0".into()).into());
+        }
+        need("window_partition x", x.len(), &[b, h, w, c])?;
+        need(
+            "window_partition out",
+            out.len(),
+            &[b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c],
+        )?;
+        let f = self.function("attention.cu", "window_partition_f16")?;
+        let d = [
+            to_i32("b", b)?,
+            to_i32("h", h)?,
+            to_i32("w", w)?,
+            to_i32("c", c)?,
+            to_i32("ws", ws)?,
+        ];
+        let total = out.len();
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(x).arg(&mut *out);
+        for v in &d {
+            a.arg(v);
+        }
+        launch(
+            &mut a,
+            cfg((blocks(total, 256)?.min(65535), 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Inverse of [`Gpu::window_partition_f16`]. Spec: `reference::nn::window_reverse`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn window_reverse_f16(
+        &self,
+        win: &CudaSlice<u16>,
+        x: &mut CudaSlice<u16>,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        ws: usize,
+    ) -> Result<(), GpuError> {
+        if ws == 0 {
+            return Err(NnError::BadShape("window size 0".into()).into());
+        }
+        need(
+            "window_reverse input",
+            win.len(),
+            &[b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c],
+        )?;
+        need("window_reverse x", x.len(), &[b, h, w, c])?;
+        let f = self.function("attention.cu", "window_reverse_f16")?;
+        let d = [
+            to_i32("b", b)?,
+            to_i32("h", h)?,
+            to_i32("w", w)?,
+            to_i32("c", c)?,
+            to_i32("ws", ws)?,
+        ];
+        let n = x.len();
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(win).arg(&mut *x);
+        for v in &d {
+            a.arg(v);
+        }
+        launch(
+            &mut a,
+            cfg((blocks(n, 256)?.min(65535), 1, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Convolution with folded BatchNorm and activation: 1×1 (stride 1, no
+    /// padding), 3×3 (padding 1, stride 1 or 2) or depthwise 3×3.
+    /// Spec: `reference::nn::conv2d_bn_act`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_bn_act(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        scale: &CudaSlice<f32>,
+        shift: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        s: ConvShape,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        let (ho, wo) = s.out_hw();
+        need("conv x", x.len(), &[s.n, s.cin, s.h, s.w])?;
+        need("conv y", y.len(), &[s.n, s.cout, ho, wo])?;
+        need("conv scale", scale.len(), &[s.cout])?;
+        need("conv shift", shift.len(), &[s.cout])?;
+        let actc = act.code();
+        match (s.k, s.stride, s.pad, s.depthwise) {
+            (1, 1, 0, false) => {
+                need("conv weight", w.len(), &[s.cout, s.cin])?;
+                let f = self.function("gemm.cu", "conv1x1_bn_act_f32")?;
+                let (ci, co, hw) = (
+                    to_i32("cin", s.cin)?,
+                    to_i32("cout", s.cout)?,
+                    to_i32("hw", s.h * s.w)?,
+                );
+                let mut a = self.stream().launch_builder(&f);
+                a.arg(x)
+                    .arg(w)
+                    .arg(scale)
+                    .arg(shift)
+                    .arg(y)
+                    .arg(&ci)
+                    .arg(&co)
+                    .arg(&hw)
+                    .arg(&actc);
+                let n = u32::try_from(s.n).map_err(|_| GpuError::TooLarge {
+                    what: "batch",
+                    value: s.n,
+                    limit: 65535,
+                })?;
+                launch(
+                    &mut a,
+                    cfg(
+                        (blocks(s.h * s.w, 64)?, blocks(s.cout, 64)?, n),
+                        (256, 1, 1),
+                        0,
+                    ),
+                )
+            }
+            (3, 1 | 2, 1, false) => {
+                need("conv weight", w.len(), &[s.cout, s.cin, 9])?;
+                let f = self.function("conv.cu", "conv3x3_bn_act_f32")?;
+                let d = [
+                    to_i32("cin", s.cin)?,
+                    to_i32("h", s.h)?,
+                    to_i32("w", s.w)?,
+                    to_i32("cout", s.cout)?,
+                    to_i32("stride", s.stride)?,
+                    to_i32("ho", ho)?,
+                    to_i32("wo", wo)?,
+                    actc,
+                ];
+                let mut a = self.stream().launch_builder(&f);
+                a.arg(x).arg(w).arg(scale).arg(shift).arg(y);
+                for v in &d {
+                    a.arg(v);
+                }
+                let z = blocks(s.n * s.cout.div_ceil(4), 1)?;
+                launch(
+                    &mut a,
+                    cfg((blocks(wo, 16)?, blocks(ho, 16)?, z), (16, 16, 1), 0),
+                )
+            }
+            (3, 1 | 2, 1, true) if s.cin == s.cout => {
+                need("conv weight", w.len(), &[s.cout, 9])?;
+                let f = self.function("conv.cu", "dwconv3x3_bn_act_f32")?;
+                let d = [
+                    to_i32("c", s.cin)?,
+                    to_i32("h", s.h)?,
+                    to_i32("w", s.w)?,
+                    to_i32("stride", s.stride)?,
+                    to_i32("ho", ho)?,
+                    to_i32("wo", wo)?,
+                    actc,
+                ];
+                let mut a = self.stream().launch_builder(&f);
+                a.arg(x).arg(w).arg(scale).arg(shift).arg(y);
+                for v in &d {
+                    a.arg(v);
+                }
+                let z = blocks(s.n * s.cout, 1)?;
+                launch(
+                    &mut a,
+                    cfg((blocks(wo, 16)?, blocks(ho, 16)?, z), (16, 16, 1), 0),
+                )
+            }
+            _ => Err(NnError::BadShape(format!("no GPU kernel for {s:?}")).into()),
+        }
+    }
+
+    /// `c = act(a·wᵀ + bias)`, f32. Spec: `reference::nn::gemm_bias_act`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bias_act_f32(
+        &self,
+        a: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        c: &mut CudaSlice<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        self.gemm_generic("gemm_bias_act_f32", a, w, bias, c, m, n, k, act)
+    }
+
+    /// `c = act(a·wᵀ + bias)`, f16 in/out, f32 accumulation.
+    /// Spec: `reference::nn::gemm_bias_act_f16`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bias_act_f16(
+        &self,
+        a: &CudaSlice<u16>,
+        w: &CudaSlice<u16>,
+        bias: Option<&CudaSlice<f32>>,
+        c: &mut CudaSlice<u16>,
+        m: usize,
+        n: usize,
+        k: usize,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        self.gemm_generic("gemm_bias_act_f16", a, w, bias, c, m, n, k, act)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_generic<T: DeviceRepr>(
+        &self,
+        kernel: &str,
+        a: &CudaSlice<T>,
+        w: &CudaSlice<T>,
+        bias: Option<&CudaSlice<f32>>,
+        c: &mut CudaSlice<T>,
+        m: usize,
+        n: usize,
+        k: usize,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        need("gemm a", a.len(), &[m, k])?;
+        need("gemm w", w.len(), &[n, k])?;
+        need("gemm c", c.len(), &[m, n])?;
+        if let Some(b) = bias {
+            need("gemm bias", b.len(), &[n])?;
+        }
+        let f = self.function("gemm.cu", kernel)?;
+        let (mi, ni, ki, ac) = (
+            to_i32("m", m)?,
+            to_i32("n", n)?,
+            to_i32("k", k)?,
+            act.code(),
+        );
+        let mut l = self.stream().launch_builder(&f);
+        l.arg(a).arg(w);
+        opt(&mut l, bias);
+        l.arg(c).arg(&mi).arg(&ni).arg(&ki).arg(&ac);
+        launch(
+            &mut l,
+            cfg((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// int8 GEMM with per-channel dequantization (dp4a); `k` a multiple of 4.
+    /// Bit-exact spec: `reference::nn::gemm_i8_dequant`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_i8_dequant(
+        &self,
+        a: &CudaSlice<i8>,
+        w: &CudaSlice<i8>,
+        scale: &CudaSlice<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        c: &mut CudaSlice<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        if !k.is_multiple_of(4) {
+            return Err(NnError::BadShape(format!("int8 gemm k = {k} not a multiple of 4")).into());
+        }
+        need("gemm_i8 a", a.len(), &[m, k])?;
+        need("gemm_i8 w", w.len(), &[n, k])?;
+        need("gemm_i8 c", c.len(), &[m, n])?;
+        need("gemm_i8 scale", scale.len(), &[n])?;
+        if let Some(b) = bias {
+            need("gemm_i8 bias", b.len(), &[n])?;
+        }
+        let f = self.function("gemm_i8.cu", "gemm_i8_dequant_f32")?;
+        let (mi, ni, ki) = (to_i32("m", m)?, to_i32("n", n)?, to_i32("k", k)?);
+        let mut l = self.stream().launch_builder(&f);
+        l.arg(a).arg(w).arg(scale);
+        opt(&mut l, bias);
+        l.arg(c).arg(&mi).arg(&ni).arg(&ki);
+        launch(
+            &mut l,
+            cfg((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0),
+        )
+    }
+
+    /// Masked average pooling of `c × hw` features. Spec: `reference::fewshot::masked_avg_pool`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn masked_avg_pool(
+        &self,
+        feat: &CudaSlice<f32>,
+        mask: &CudaSlice<f32>,
+        proto: &mut CudaSlice<f32>,
+        c: usize,
+        hw: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        need("masked_avg_pool feat", feat.len(), &[c, hw])?;
+        need("masked_avg_pool mask", mask.len(), &[hw])?;
+        need("masked_avg_pool proto", proto.len(), &[c])?;
+        let f = self.function("fewshot.cu", "masked_avg_pool_f32")?;
+        let (ci, hwi) = (to_i32("c", c)?, to_i32("hw", hw)?);
+        let mut a = self.stream().launch_builder(&f);
+        a.arg(feat)
+            .arg(mask)
+            .arg(proto)
+            .arg(&ci)
+            .arg(&hwi)
+            .arg(&eps);
+        launch(&mut a, cfg((blocks(c, 1)?, 1, 1), (256, 1, 1), 0))
+    }
+
+    /// Cosine similarity of `c × hw` features to `np × c` prototypes, output
+    /// `np × hw` (launched in chunks of 8 prototypes). Spec: `reference::fewshot::cosine_sim`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cosine_sim(
+        &self,
+        feat: &CudaSlice<f32>,
+        protos: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        c: usize,
+        hw: usize,
+        np: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        need("cosine_sim feat", feat.len(), &[c, hw])?;
+        need("cosine_sim protos", protos.len(), &[np, c])?;
+        need("cosine_sim out", out.len(), &[np, hw])?;
+        let smem = u32::try_from(8 * c * 4)
+            .ok()
+            .filter(|&b| b <= 48 * 1024)
+            .ok_or(GpuError::TooLarge {
+                what: "cosine_sim channels",
+                value: c,
+                limit: 48 * 1024 / 32,
+            })?;
+        let f = self.function("fewshot.cu", "cosine_sim_f32")?;
+        let (ci, hwi) = (to_i32("c", c)?, to_i32("hw", hw)?);
+        for j0 in (0..np).step_by(8) {
+            let chunk = to_i32("prototypes", (np - j0).min(8))?;
+            let pv = protos.slice(j0 * c..);
+            let mut ov = out.slice_mut(j0 * hw..);
+            let mut a = self.stream().launch_builder(&f);
+            a.arg(feat)
+                .arg(&pv)
+                .arg(&mut ov)
+                .arg(&ci)
+                .arg(&hwi)
+                .arg(&chunk)
+                .arg(&eps);
+            launch(&mut a, cfg((blocks(hw, 128)?, 1, 1), (128, 1, 1), smem))?;
+        }
+        Ok(())
+    }
+}
