@@ -134,8 +134,10 @@ pub fn frame_len(format: RawFormat, width: usize, height: usize) -> Result<usize
         height,
     };
     match format {
-        RawFormat::Yuyv if width % 2 != 0 => return Err(odd("width")),
-        RawFormat::Nv12 | RawFormat::I420 if width % 2 != 0 || height % 2 != 0 => {
+        RawFormat::Yuyv if !width.is_multiple_of(2) => return Err(odd("width")),
+        RawFormat::Nv12 | RawFormat::I420
+            if !width.is_multiple_of(2) || !height.is_multiple_of(2) =>
+        {
             return Err(odd("width and height"))
         }
         _ => {}

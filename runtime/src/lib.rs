@@ -18,6 +18,7 @@
 pub mod backend;
 pub mod bundle;
 pub mod prompt;
+pub mod stream;
 
 pub use backend::{BackendError, Embedding, PromptableSegmenter, RgbFrame, Segmentation};
 pub use prompt::{BoxPrompt, PointLabel, PointPrompt, Prompt};

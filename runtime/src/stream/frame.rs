@@ -1,0 +1,309 @@
+//! Frames as sources deliver them (any pixel format) and as the pipeline uses
+//! them (RGB8), with the one-pass conversion between the two.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgeseg_kernels::pixfmt::{self, PixFmtError, RawFormat};
+
+/// Largest side accepted from any source (8K plus margin): a corrupt header
+/// must not make the runtime allocate gigabytes.
+pub const MAX_SIDE: usize = 16_384;
+
+/// Pixel format of a captured frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelFormat {
+    /// An uncompressed layout converted by [`edgeseg_kernels::pixfmt`].
+    Raw(RawFormat),
+    /// One baseline JPEG per frame (UVC MJPEG, JPEG files).
+    Mjpeg,
+}
+
+impl PixelFormat {
+    /// Parses `rgb24`, `rgb`, `grey`, `gray`, `yuyv`, `nv12`, `i420`, `mjpeg`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "rgb24" | "rgb" | "rgb3" => Self::Raw(RawFormat::Rgb24),
+            "grey" | "gray" | "y8" => Self::Raw(RawFormat::Grey),
+            "yuyv" | "yuy2" => Self::Raw(RawFormat::Yuyv),
+            "nv12" => Self::Raw(RawFormat::Nv12),
+            "i420" | "yu12" => Self::Raw(RawFormat::I420),
+            "mjpeg" | "mjpg" | "jpeg" => Self::Mjpeg,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw(f) => f.name(),
+            Self::Mjpeg => "mjpeg",
+        }
+    }
+}
+
+impl std::fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why one frame could not be read or converted. The stream goes on after it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Bad size, odd size for a subsampled format, truncated buffer ...
+    #[error("frame {id}: {source}")]
+    Pixels {
+        /// Frame id.
+        id: u64,
+        /// What was wrong.
+        #[source]
+        source: PixFmtError,
+    },
+    /// A side is larger than [`MAX_SIDE`].
+    #[error("frame {id}: size {width}x{height} exceeds the {MAX_SIDE}-pixel limit")]
+    TooLarge {
+        /// Frame id.
+        id: u64,
+        /// Columns.
+        width: usize,
+        /// Rows.
+        height: usize,
+    },
+    /// A compressed frame or an image file could not be decoded.
+    #[error("frame {id}: cannot decode {what}: {message}")]
+    Decode {
+        /// Frame id.
+        id: u64,
+        /// File name or format.
+        what: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The source could not deliver the frame (I/O error, truncated file ...).
+    #[error("frame {id}: {message}")]
+    Source {
+        /// Frame id.
+        id: u64,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl FrameError {
+    /// The id of the frame at fault.
+    pub fn id(&self) -> u64 {
+        match self {
+            Self::Pixels { id, .. }
+            | Self::TooLarge { id, .. }
+            | Self::Decode { id, .. }
+            | Self::Source { id, .. } => *id,
+        }
+    }
+}
+
+/// One captured frame, as its source delivered it.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    /// Frame id: increasing within a stream (a source may skip ids).
+    pub id: u64,
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// Pixel layout of `data`.
+    pub format: PixelFormat,
+    /// Tightly packed pixels (or one JPEG for [`PixelFormat::Mjpeg`]).
+    pub data: Vec<u8>,
+    /// When the source captured or read the frame.
+    pub capture: Instant,
+}
+
+/// An owned RGB8 image, `height × width × 3`, row-major, no padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// Pixels.
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// Borrows the image as the backend's frame type.
+    pub fn as_frame(&self) -> Result<crate::RgbFrame<'_>, crate::BackendError> {
+        crate::RgbFrame::new(self.width, self.height, &self.data)
+    }
+}
+
+/// A converted frame travelling through the pipeline; shared between the
+/// compositor and the AI mailbox without copying.
+#[derive(Debug)]
+pub struct Frame {
+    /// Frame id from the source.
+    pub id: u64,
+    /// Capture time from the source.
+    pub capture: Instant,
+    /// When ingest received the frame (before conversion).
+    pub ingest: Instant,
+    /// Format the source delivered.
+    pub format: PixelFormat,
+    /// The RGB pixels.
+    pub image: Arc<RgbImage>,
+}
+
+fn check_side(id: u64, width: usize, height: usize) -> Result<(), FrameError> {
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(FrameError::TooLarge { id, width, height });
+    }
+    Ok(())
+}
+
+/// Converts a raw frame to RGB8 in one pass, reusing `out`'s allocation where
+/// possible. Every size and length is checked before allocating.
+pub fn to_rgb(frame: &RawFrame, out: &mut Vec<u8>) -> Result<(usize, usize), FrameError> {
+    let id = frame.id;
+    match frame.format {
+        PixelFormat::Raw(raw) => {
+            check_side(id, frame.width, frame.height)?;
+            let px = |source| FrameError::Pixels { id, source };
+            let n = pixfmt::rgb_len(frame.width, frame.height).map_err(px)?;
+            // Check the input before touching `out` so a bad frame costs nothing.
+            let need = pixfmt::frame_len(raw, frame.width, frame.height).map_err(px)?;
+            if frame.data.len() != need {
+                return Err(px(PixFmtError::BadLength {
+                    format: raw.name(),
+                    which: "input",
+                    width: frame.width,
+                    height: frame.height,
+                    expected: need,
+                    got: frame.data.len(),
+                }));
+            }
+            out.resize(n, 0);
+            pixfmt::to_rgb(raw, frame.width, frame.height, &frame.data, out).map_err(px)?;
+            Ok((frame.width, frame.height))
+        }
+        PixelFormat::Mjpeg => {
+            let img = decode_image(id, "mjpeg", &frame.data, Some(image::ImageFormat::Jpeg))?;
+            if frame.width != 0
+                && frame.height != 0
+                && (img.width != frame.width || img.height != frame.height)
+            {
+                return Err(FrameError::Decode {
+                    id,
+                    what: "mjpeg".into(),
+                    message: format!(
+                        "JPEG is {}x{}, the stream declared {}x{}",
+                        img.width, img.height, frame.width, frame.height
+                    ),
+                });
+            }
+            *out = img.data;
+            Ok((img.width, img.height))
+        }
+    }
+}
+
+/// Decodes an encoded image (JPEG or PNG) to RGB8, refusing sizes above
+/// [`MAX_SIDE`] before decoding the pixels.
+pub fn decode_image(
+    id: u64,
+    what: &str,
+    bytes: &[u8],
+    format: Option<image::ImageFormat>,
+) -> Result<RgbImage, FrameError> {
+    let err = |message: String| FrameError::Decode {
+        id,
+        what: what.to_string(),
+        message,
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    match format {
+        Some(f) => reader.set_format(f),
+        None => {
+            reader = reader
+                .with_guessed_format()
+                .map_err(|e| err(e.to_string()))?
+        }
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE as u32);
+    limits.max_image_height = Some(MAX_SIDE as u32);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    let rgb = img.into_rgb8();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    if width == 0 || height == 0 {
+        return Err(err(format!("image size {width}x{height} has a zero side")));
+    }
+    Ok(RgbImage {
+        width,
+        height,
+        data: rgb.into_raw(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(format: PixelFormat, width: usize, height: usize, len: usize) -> RawFrame {
+        RawFrame {
+            id: 7,
+            width,
+            height,
+            format,
+            data: vec![128; len],
+            capture: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn frame_errors_are_per_frame_and_clear() {
+        let mut out = Vec::new();
+        let nv12 = PixelFormat::Raw(RawFormat::Nv12);
+        let e = to_rgb(&raw(nv12, 0, 4, 0), &mut out).unwrap_err();
+        assert!(e.to_string().contains("frame 7") && e.to_string().contains("zero side"));
+        let e = to_rgb(&raw(nv12, 5, 4, 30), &mut out).unwrap_err();
+        assert!(e.to_string().contains("even"), "{e}");
+        let e = to_rgb(&raw(nv12, 4, 4, 23), &mut out).unwrap_err();
+        assert!(e.to_string().contains("needs 24 bytes, got 23"), "{e}");
+        let e = to_rgb(&raw(nv12, 20_000, 4, 0), &mut out).unwrap_err();
+        assert!(matches!(e, FrameError::TooLarge { .. }));
+        assert!(out.is_empty(), "nothing allocated for bad frames");
+        assert_eq!(to_rgb(&raw(nv12, 4, 4, 24), &mut out), Ok((4, 4)));
+        assert_eq!(out.len(), 48);
+        let e = to_rgb(&raw(PixelFormat::Mjpeg, 4, 4, 10), &mut out).unwrap_err();
+        assert!(matches!(e, FrameError::Decode { .. }));
+    }
+
+    #[test]
+    fn mjpeg_decodes_in_one_call() {
+        let img = image::RgbImage::from_pixel(16, 8, image::Rgb([200, 30, 30]));
+        let mut jpeg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let mut f = raw(PixelFormat::Mjpeg, 16, 8, 0);
+        f.data = jpeg;
+        let mut out = Vec::new();
+        assert_eq!(to_rgb(&f, &mut out), Ok((16, 8)));
+        assert!((i32::from(out[0]) - 200).abs() < 8);
+        f.width = 32;
+        assert!(to_rgb(&f, &mut out).is_err(), "declared size must match");
+    }
+
+    #[test]
+    fn parse_formats() {
+        assert_eq!(
+            PixelFormat::parse("YUYV"),
+            Some(PixelFormat::Raw(RawFormat::Yuyv))
+        );
+        assert_eq!(PixelFormat::parse("mjpg"), Some(PixelFormat::Mjpeg));
+        assert_eq!(PixelFormat::parse("h264"), None);
+    }
+}

@@ -1,0 +1,411 @@
+//! The overlay, drawn with embedded-graphics straight onto the RGB8 frame
+//! buffer: translucent mask fill, mask contour, prompt box, label, a small
+//! latency readout, and the "AI late" / "AI unavailable" / "AI off" indicators.
+//!
+//! Only pixels the overlay draws change. [`Canvas`] can record every pixel it
+//! writes (`touched`), which the tests use to check that every other pixel is
+//! bit-identical to the input on every frame of a run.
+
+use std::convert::Infallible;
+
+use embedded_graphics::mono_font::{ascii, MonoFont, MonoTextStyleBuilder};
+use embedded_graphics::pixelcolor::Rgb888;
+use embedded_graphics::prelude::*;
+use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
+use embedded_graphics::text::{Baseline, Text};
+
+use crate::prompt::BoxPrompt;
+use crate::Segmentation;
+
+/// An RGB8 frame buffer as an embedded-graphics draw target.
+#[derive(Debug)]
+pub struct Canvas<'a> {
+    width: usize,
+    height: usize,
+    data: &'a mut [u8],
+    touched: Option<&'a mut [bool]>,
+}
+
+impl<'a> Canvas<'a> {
+    /// Wraps `data` (`height × width × 3` bytes). With `touched` (one flag per
+    /// pixel), every pixel written is flagged. `None` when a length is wrong.
+    pub fn new(
+        width: usize,
+        height: usize,
+        data: &'a mut [u8],
+        touched: Option<&'a mut [bool]>,
+    ) -> Option<Self> {
+        let n = width.checked_mul(height)?;
+        if data.len() != n.checked_mul(3)? || touched.as_ref().is_some_and(|t| t.len() != n) {
+            return None;
+        }
+        // Sides must fit embedded-graphics' i32/u32 coordinates.
+        if width > i32::MAX as usize || height > i32::MAX as usize {
+            return None;
+        }
+        Some(Self {
+            width,
+            height,
+            data,
+            touched,
+        })
+    }
+
+    #[inline]
+    fn set(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
+        let i = y * self.width + x;
+        self.data[3 * i..3 * i + 3].copy_from_slice(&rgb);
+        if let Some(t) = self.touched.as_deref_mut() {
+            t[i] = true;
+        }
+    }
+
+    /// Blends `rgb` over the pixels `x0..=x1` of row `y` with opacity
+    /// `alpha / 256`; coordinates outside the frame are clipped.
+    pub fn blend_run(&mut self, y: usize, x0: usize, x1: usize, rgb: [u8; 3], alpha: u16) {
+        if y >= self.height || x0 >= self.width {
+            return;
+        }
+        let x1 = x1.min(self.width - 1);
+        let a = u32::from(alpha.min(256));
+        for x in x0..=x1 {
+            let i = y * self.width + x;
+            for (c, &o) in self.data[3 * i..3 * i + 3].iter_mut().zip(&rgb) {
+                *c = ((u32::from(*c) * (256 - a) + u32::from(o) * a + 128) >> 8) as u8;
+            }
+            if let Some(t) = self.touched.as_deref_mut() {
+                t[i] = true;
+            }
+        }
+    }
+}
+
+impl OriginDimensions for Canvas<'_> {
+    fn size(&self) -> Size {
+        // `new` checked that both sides fit in i32.
+        Size::new(self.width as u32, self.height as u32)
+    }
+}
+
+impl DrawTarget for Canvas<'_> {
+    type Color = Rgb888;
+    type Error = Infallible;
+
+    fn draw_iter<I>(&mut self, pixels: I) -> Result<(), Self::Error>
+    where
+        I: IntoIterator<Item = Pixel<Self::Color>>,
+    {
+        for Pixel(p, c) in pixels {
+            if let (Ok(x), Ok(y)) = (usize::try_from(p.x), usize::try_from(p.y)) {
+                if x < self.width && y < self.height {
+                    self.set(x, y, [c.r(), c.g(), c.b()]);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A mask reduced to what the overlay draws, computed once per AI result (on
+/// the worker thread) so that drawing it on each frame is cheap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaskShape {
+    /// Frame columns the mask belongs to.
+    pub width: usize,
+    /// Frame rows the mask belongs to.
+    pub height: usize,
+    /// Foreground runs `(row, first column, last column)`.
+    pub runs: Vec<(u32, u32, u32)>,
+    /// Boundary pixels `(column, row)`: foreground with a 4-neighbour outside
+    /// the mask or on the frame border.
+    pub contour: Vec<(u32, u32)>,
+    /// Foreground pixels.
+    pub area: usize,
+    /// Bounding box `x0, y0, x1, y1`, inclusive; `None` when empty.
+    pub bbox: Option<[usize; 4]>,
+}
+
+impl MaskShape {
+    /// Extracts runs, contour, area and box from a mask. The segmentation must
+    /// already be validated (`mask.len() == width * height`); an inconsistent
+    /// one yields an empty shape.
+    pub fn of(seg: &Segmentation) -> Self {
+        let (w, h) = (seg.width, seg.height);
+        let mut s = Self {
+            width: w,
+            height: h,
+            ..Self::default()
+        };
+        if w == 0
+            || w.checked_mul(h) != Some(seg.mask.len())
+            || w > u32::MAX as usize
+            || h > u32::MAX as usize
+        {
+            return s;
+        }
+        let on = |x: usize, y: usize| seg.mask[y * w + x] != 0;
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for y in 0..h {
+            let row = &seg.mask[y * w..(y + 1) * w];
+            let mut x = 0;
+            while x < w {
+                if row[x] == 0 {
+                    x += 1;
+                    continue;
+                }
+                let start = x;
+                while x < w && row[x] != 0 {
+                    let edge = x == 0
+                        || x + 1 == w
+                        || y == 0
+                        || y + 1 == h
+                        || !on(x - 1, y)
+                        || !on(x + 1, y)
+                        || !on(x, y - 1)
+                        || !on(x, y + 1);
+                    if edge {
+                        s.contour.push((x as u32, y as u32));
+                    }
+                    x += 1;
+                }
+                s.runs.push((y as u32, start as u32, (x - 1) as u32));
+                s.area += x - start;
+                x0 = x0.min(start);
+                x1 = x1.max(x - 1);
+                y0 = y0.min(y);
+                y1 = y1.max(y);
+            }
+        }
+        if s.area > 0 {
+            s.bbox = Some([x0, y0, x1, y1]);
+        }
+        s
+    }
+}
+
+/// Colours and opacity of the overlay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverlayStyle {
+    /// Mask fill and contour colour.
+    pub mask: [u8; 3],
+    /// Fill opacity in 1/256.
+    pub fill_alpha: u16,
+    /// Prompt box colour.
+    pub prompt_box: [u8; 3],
+}
+
+impl Default for OverlayStyle {
+    fn default() -> Self {
+        Self {
+            mask: [0, 230, 90],
+            fill_alpha: 90,
+            prompt_box: [255, 210, 0],
+        }
+    }
+}
+
+/// What the status indicator says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indicator {
+    /// No fresh annotation: the newest one is older than the deadline.
+    Late,
+    /// The AI is hung, restarting or failing.
+    Unavailable,
+    /// No AI runs (disabled, or every backend failed).
+    Off,
+}
+
+impl Indicator {
+    fn text(self) -> &'static str {
+        match self {
+            Self::Late => "AI late",
+            Self::Unavailable => "AI unavailable",
+            Self::Off => "AI off",
+        }
+    }
+    fn colour(self) -> Rgb888 {
+        match self {
+            Self::Late => Rgb888::new(230, 120, 0),
+            Self::Unavailable => Rgb888::new(200, 0, 0),
+            Self::Off => Rgb888::new(90, 90, 90),
+        }
+    }
+}
+
+fn font_for(width: usize) -> &'static MonoFont<'static> {
+    if width >= 1000 {
+        &ascii::FONT_10X20
+    } else {
+        &ascii::FONT_6X10
+    }
+}
+
+fn text_box(canvas: &mut Canvas<'_>, text: &str, at: Point, fg: Rgb888, bg: Rgb888) {
+    let style = MonoTextStyleBuilder::new()
+        .font(font_for(canvas.width))
+        .text_color(fg)
+        .background_color(bg)
+        .build();
+    // Infallible target.
+    let _ = Text::with_baseline(text, at, style, Baseline::Top).draw(canvas);
+}
+
+/// Draws a mask (fill + contour), the prompt box, a label and a latency
+/// readout. Nothing is drawn if the shape's size is not the canvas's.
+pub fn draw_annotation(
+    canvas: &mut Canvas<'_>,
+    shape: &MaskShape,
+    prompt_box: Option<BoxPrompt>,
+    label: &str,
+    readout: &str,
+    style: &OverlayStyle,
+) {
+    if (shape.width, shape.height) != (canvas.width, canvas.height) {
+        return;
+    }
+    for &(y, x0, x1) in &shape.runs {
+        canvas.blend_run(
+            y as usize,
+            x0 as usize,
+            x1 as usize,
+            style.mask,
+            style.fill_alpha,
+        );
+    }
+    for &(x, y) in &shape.contour {
+        canvas.set(x as usize, y as usize, style.mask);
+    }
+    if let Some(b) = prompt_box {
+        let (x0, y0) = (b.x0.round() as i32, b.y0.round() as i32);
+        let (x1, y1) = (b.x1.round() as i32, b.y1.round() as i32);
+        let c = style.prompt_box;
+        let _ = Rectangle::with_corners(Point::new(x0, y0), Point::new(x1, y1))
+            .into_styled(PrimitiveStyle::with_stroke(
+                Rgb888::new(c[0], c[1], c[2]),
+                1,
+            ))
+            .draw(canvas);
+    }
+    if let Some([x0, y0, _, _]) = shape.bbox {
+        let h = font_for(canvas.width).character_size.height as i32;
+        let at = Point::new(x0 as i32, (y0 as i32 - h - 1).max(0));
+        text_box(
+            canvas,
+            label,
+            at,
+            Rgb888::BLACK,
+            Rgb888::new(style.mask[0], style.mask[1], style.mask[2]),
+        );
+    }
+    draw_readout(canvas, readout);
+}
+
+/// Draws the small latency readout in the bottom-left corner.
+pub fn draw_readout(canvas: &mut Canvas<'_>, readout: &str) {
+    if readout.is_empty() {
+        return;
+    }
+    let h = font_for(canvas.width).character_size.height as i32;
+    let at = Point::new(2, canvas.height as i32 - h - 2);
+    text_box(canvas, readout, at, Rgb888::WHITE, Rgb888::BLACK);
+}
+
+/// Draws a status indicator in the top-right corner.
+pub fn draw_indicator(canvas: &mut Canvas<'_>, indicator: Indicator) {
+    let text = indicator.text();
+    let font = font_for(canvas.width);
+    let w = (font.character_size.width as usize * text.len()) as i32;
+    let at = Point::new((canvas.width as i32 - w - 2).max(0), 2);
+    text_box(canvas, text, at, Rgb888::WHITE, indicator.colour());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disc(w: usize, h: usize) -> Segmentation {
+        let mask = (0..w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as i64 - 30, (i / w) as i64 - 20);
+                u8::from(x * x + y * y <= 100)
+            })
+            .collect();
+        Segmentation {
+            width: w,
+            height: h,
+            mask,
+            iou_prediction: Some(0.9),
+        }
+    }
+
+    #[test]
+    fn shape_of_a_disc() {
+        let s = MaskShape::of(&disc(64, 48));
+        assert_eq!(s.bbox, Some([20, 10, 40, 30]));
+        assert_eq!(
+            s.area,
+            s.runs
+                .iter()
+                .map(|r| (r.2 - r.1 + 1) as usize)
+                .sum::<usize>()
+        );
+        assert!(s.contour.len() > 40 && s.contour.len() < 100);
+        let bad = Segmentation {
+            width: 4,
+            height: 4,
+            mask: vec![1; 3],
+            iou_prediction: None,
+        };
+        assert_eq!(MaskShape::of(&bad).area, 0);
+    }
+
+    #[test]
+    fn only_touched_pixels_change() {
+        let (w, h) = (64, 48);
+        let input: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let mut out = input.clone();
+        let mut touched = vec![false; w * h];
+        let mut c = Canvas::new(w, h, &mut out, Some(&mut touched)).unwrap();
+        let shape = MaskShape::of(&disc(w, h));
+        let b = BoxPrompt {
+            x0: 15.0,
+            y0: 5.0,
+            x1: 45.0,
+            y1: 35.0,
+        };
+        draw_annotation(
+            &mut c,
+            &shape,
+            Some(b),
+            "ROI 0.90",
+            "AI 12 ms",
+            &OverlayStyle::default(),
+        );
+        draw_indicator(&mut c, Indicator::Late);
+        let mut changed = 0;
+        for i in 0..w * h {
+            if !touched[i] {
+                assert_eq!(out[3 * i..3 * i + 3], input[3 * i..3 * i + 3], "pixel {i}");
+            } else if out[3 * i..3 * i + 3] != input[3 * i..3 * i + 3] {
+                changed += 1;
+            }
+        }
+        assert!(changed > 300, "the overlay drew something ({changed})");
+        // The contour is inside the disc, the fill blended.
+        assert!(touched[20 * w + 30]);
+        assert!(!touched[47 * w + 63]);
+        // A shape of another size is not drawn at all.
+        let mut out2 = input.clone();
+        let mut c = Canvas::new(w, h, &mut out2, None).unwrap();
+        draw_annotation(
+            &mut c,
+            &MaskShape::of(&disc(32, 48)),
+            None,
+            "x",
+            "",
+            &OverlayStyle::default(),
+        );
+        assert_eq!(out2, input);
+        assert!(Canvas::new(w, h, &mut out2[..5], None).is_none());
+    }
+}
