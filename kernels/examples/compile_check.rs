@@ -119,6 +119,113 @@ fn ptxas_version(ptxas: &PathBuf) -> Result<String, String> {
         .to_string())
 }
 
+/// The outcome of compiling and assembling one source for one architecture.
+struct Job {
+    ok: bool,
+    messages: Vec<String>,
+    rows: Vec<Resources>,
+}
+
+fn check_one(
+    src: &edgeseg_kernels::sources::KernelSource,
+    arch: Arch,
+    ptxas: &PathBuf,
+    dir: &std::path::Path,
+) -> Job {
+    let mut job = Job {
+        ok: false,
+        messages: Vec::new(),
+        rows: Vec::new(),
+    };
+    let what = format!("{} for {}", src.name, arch.sm());
+    let t0 = std::time::Instant::now();
+    // The product path: CUBIN for the real architecture (what Gpu::module loads) ...
+    if let Err(e) = nvrtc::compile(src, arch, Output::Cubin) {
+        job.messages.push(format!("FAIL {what} (cubin): {e}"));
+        return job;
+    }
+    // ... and PTX for the virtual one, which ptxas reports on.
+    let ptx = match nvrtc::compile(src, arch, Output::Ptx) {
+        Ok(c) => {
+            if !c.log.trim().is_empty() {
+                job.messages
+                    .push(format!("NVRTC log for {what}:\n{}", c.log.trim()));
+            }
+            c.image
+        }
+        Err(e) => {
+            job.messages.push(format!("FAIL {what}: {e}"));
+            return job;
+        }
+    };
+    let path = dir.join(format!(
+        "{}.{}.ptx",
+        src.name.trim_end_matches(".cu"),
+        arch.sm()
+    ));
+    if let Err(e) = std::fs::write(&path, &ptx) {
+        job.messages.push(format!("FAIL {}: {e}", path.display()));
+        return job;
+    }
+    let out = match Command::new(ptxas)
+        .args(["-v", "--gpu-name", &arch.sm(), "-o"])
+        .arg(path.with_extension("cubin"))
+        .arg(&path)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            job.messages
+                .push(format!("FAIL cannot run {}: {e}", ptxas.display()));
+            return job;
+        }
+    };
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        job.messages.push(format!("FAIL ptxas {what}:\n{text}"));
+        return job;
+    }
+    let res = match parse_ptxas(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            job.messages
+                .push(format!("FAIL parsing ptxas output for {what}: {e}\n{text}"));
+            return job;
+        }
+    };
+    job.ok = true;
+    let mut got: Vec<&str> = res.iter().map(|r| r.kernel.as_str()).collect();
+    let mut want: Vec<&str> = src.kernels.to_vec();
+    got.sort_unstable();
+    want.sort_unstable();
+    if got != want {
+        job.messages.push(format!(
+            "FAIL {what}: ptxas built kernels {got:?}, SOURCES lists {want:?}"
+        ));
+        job.ok = false;
+    }
+    for r in &res {
+        if r.spill_stores > 0 || r.spill_loads > 0 {
+            job.messages.push(format!(
+                "FAIL {} on {}: spills ({} bytes stored, {} loaded)",
+                r.kernel,
+                arch.sm(),
+                r.spill_stores,
+                r.spill_loads
+            ));
+            job.ok = false;
+        }
+    }
+    job.messages.push(format!(
+        "{} {what} ({:.1} s)",
+        if job.ok { "ok  " } else { "FAIL" },
+        t0.elapsed().as_secs_f64()
+    ));
+    job.rows = res;
+    job
+}
+
 fn run() -> Result<bool, String> {
     let args = parse_args()?;
     nvrtc::require_nvrtc().map_err(|e| e.to_string())?;
@@ -128,80 +235,37 @@ fn run() -> Result<bool, String> {
     let tmp = std::env::temp_dir().join(format!("edgeseg-compile-check-{}", std::process::id()));
     let dir = args.ptx_dir.clone().unwrap_or(tmp.clone());
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // One job per (source, architecture), run on all cores (NVRTC is thread-safe
+    // for distinct programs); results are reported in a fixed order.
+    let jobs: Vec<_> = SOURCES
+        .iter()
+        .flat_map(|s| args.archs.iter().map(move |&a| (s, a)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Job>>> =
+        std::sync::Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(src, arch)) = jobs.get(i) else {
+                    break;
+                };
+                let r = check_one(src, arch, &args.ptxas, &dir);
+                results.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
     let mut ok = true;
     let mut rows = Vec::new();
-    for src in SOURCES {
-        for &arch in &args.archs {
-            let what = format!("{} for {}", src.name, arch.sm());
-            // The product path: CUBIN for the real architecture (what Gpu::module loads) ...
-            if let Err(e) = nvrtc::compile(src, arch, Output::Cubin) {
-                println!("FAIL {what} (cubin): {e}");
-                ok = false;
-                continue;
-            }
-            // ... and PTX for the virtual one, which ptxas reports on.
-            let ptx = match nvrtc::compile(src, arch, Output::Ptx) {
-                Ok(c) => {
-                    if !c.log.trim().is_empty() {
-                        println!("NVRTC log for {what}:\n{}", c.log.trim());
-                    }
-                    c.image
-                }
-                Err(e) => {
-                    println!("FAIL {what}: {e}");
-                    ok = false;
-                    continue;
-                }
-            };
-            let path = dir.join(format!(
-                "{}.{}.ptx",
-                src.name.trim_end_matches(".cu"),
-                arch.sm()
-            ));
-            std::fs::write(&path, &ptx).map_err(|e| format!("{}: {e}", path.display()))?;
-            let out = Command::new(&args.ptxas)
-                .args(["-v", "--gpu-name", &arch.sm(), "-o"])
-                .arg(path.with_extension("cubin"))
-                .arg(&path)
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", args.ptxas.display()))?;
-            let text = String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout);
-            if !out.status.success() {
-                println!("FAIL ptxas {what}:\n{text}");
-                ok = false;
-                continue;
-            }
-            let res = match parse_ptxas(&text) {
-                Ok(r) => r,
-                Err(e) => {
-                    println!("FAIL parsing ptxas output for {what}: {e}\n{text}");
-                    ok = false;
-                    continue;
-                }
-            };
-            let mut got: Vec<&str> = res.iter().map(|r| r.kernel.as_str()).collect();
-            let mut want: Vec<&str> = src.kernels.to_vec();
-            got.sort_unstable();
-            want.sort_unstable();
-            if got != want {
-                println!("FAIL {what}: ptxas built kernels {got:?}, SOURCES lists {want:?}");
-                ok = false;
-            }
-            for r in res {
-                if r.spill_stores > 0 || r.spill_loads > 0 {
-                    println!(
-                        "FAIL {} on {}: spills ({} bytes stored, {} loaded)",
-                        r.kernel,
-                        arch.sm(),
-                        r.spill_stores,
-                        r.spill_loads
-                    );
-                    ok = false;
-                }
-                rows.push((src.name, arch, r));
-            }
+    for (i, r) in results.into_inner().unwrap().into_iter().enumerate() {
+        let r = r.expect("every job ran");
+        for m in &r.messages {
+            println!("{m}");
         }
+        ok &= r.ok;
+        rows.extend(r.rows.into_iter().map(|x| (jobs[i].0.name, jobs[i].1, x)));
     }
     if args.ptx_dir.is_none() {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -104,7 +104,7 @@ mod tests {
             for k in s.kernels {
                 let by_macro = k
                     .strip_prefix("attention_f16_d")
-                    .is_some_and(|d| s.code.contains(&format!("ATT_ENTRY({d})")));
+                    .is_some_and(|d| s.code.contains(&format!("ATT_ENTRY({d},")));
                 assert!(
                     s.code.contains(&format!("{k}(")) || by_macro,
                     "{}: listed kernel {k} not found",

@@ -18,7 +18,17 @@ use crate::sources::{source, KernelSource};
 pub fn driver_lib_candidates() -> Vec<String> {
     let mut v = cudarc::get_lib_name_candidates("cuda");
     v.extend(cudarc::get_lib_name_candidates("nvcuda"));
-    v
+    dedup(v)
+}
+
+pub(crate) fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(v.len());
+    for s in v {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
 }
 
 /// Whether the driver library (libcuda) can be loaded.

@@ -116,7 +116,8 @@ pub enum GpuError {
 }
 
 impl GpuError {
-    pub(crate) fn driver(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> GpuError {
+    /// Maps a cudarc driver error to [`GpuError::Driver`] naming the call.
+    pub fn driver(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> GpuError {
         move |e| GpuError::Driver {
             what,
             message: e.to_string(),

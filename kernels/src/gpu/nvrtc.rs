@@ -76,7 +76,7 @@ pub struct Compiled {
 
 /// The names cudarc tries when it loads NVRTC.
 pub fn nvrtc_lib_candidates() -> Vec<String> {
-    cudarc::get_lib_name_candidates("nvrtc")
+    super::context::dedup(cudarc::get_lib_name_candidates("nvrtc"))
 }
 
 /// Whether the NVRTC shared library can be loaded.

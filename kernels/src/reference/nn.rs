@@ -72,9 +72,11 @@ impl Act {
     }
 }
 
-/// GELU (erf form, PyTorch's default) in f64: `0.5·x·(1 + erf(x/√2))`.
+/// GELU (erf form, PyTorch's default) in f64: `0.5·x·(1 + erf(x/√2))`, computed
+/// as `0.5·x·erfc(−x/√2)`, which keeps full relative precision for negative `x`
+/// (where `1 + erf` cancels).
 pub fn gelu64(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
+    0.5 * x * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
 }
 
 /// Elementwise GELU.
@@ -569,6 +571,10 @@ mod tests {
         for (x, w) in [-3.0, -1.0, 0.0, 0.5, 2.0].iter().zip(want) {
             assert!((gelu64(*x) - w).abs() < 1e-12, "gelu({x}) = {}", gelu64(*x));
         }
+        // far left tail: relative precision kept (1 + erf would give 0 or noise here)
+        // (Python: 0.5 * -10 * math.erfc(10 / math.sqrt(2)) = -7.619853024160593e-23)
+        let g = gelu64(-10.0);
+        assert!((g / -7.6198530241605e-23 - 1.0).abs() < 1e-10, "{g}");
     }
 
     #[test]
