@@ -88,6 +88,9 @@ pub struct StreamConfig {
     pub log_events: bool,
     /// Capacity of the ingest → compositor and compositor → sink queues.
     pub queue: usize,
+    /// After the watchdog abandons a hung worker, "AI unavailable" stays up at
+    /// least this long (so that it is seen, not flashed for one frame).
+    pub unavailable_hold: Duration,
 }
 
 impl Default for StreamConfig {
@@ -103,6 +106,7 @@ impl Default for StreamConfig {
             record_touched: false,
             log_events: false,
             queue: 8,
+            unavailable_hold: Duration::from_millis(300),
         }
     }
 }
@@ -167,6 +171,9 @@ pub struct RunSummary {
     pub annotation_latency_us: Vec<u64>,
     /// Largest annotation age on a drawn overlay, at emit, in µs.
     pub max_drawn_age_us: u64,
+    /// Overlays withdrawn (replaced by "AI late") because they went past the
+    /// deadline while being drawn.
+    pub withdrawn: u64,
     /// Frames with an overlay drawn.
     pub drawn: u64,
     /// Frames showing "AI late".
@@ -232,6 +239,7 @@ struct Shared {
     mailbox: Mailbox<Arc<Frame>>,
     latest: Mutex<Option<Arc<Annotation>>>,
     state: Mutex<AiState>,
+    unavailable_until: Mutex<Option<Instant>>,
     busy: Mutex<Option<Busy>>,
     generation: AtomicU64,
     prompter: Mutex<Prompter>,
@@ -515,6 +523,8 @@ impl Supervisor {
                         let held = b.since.elapsed();
                         if held > self.config.watchdog {
                             self.shared.counters.hangs.fetch_add(1, Ordering::SeqCst);
+                            *lock(&self.shared.unavailable_until) =
+                                Some(Instant::now() + self.config.unavailable_hold);
                             let name = self.chain.get(self.level).map_or("?", |c| &c.name);
                             let msg = format!(
                                 "watchdog: {name} worker busy {:.0} ms on frame {} (limit {:.0} ms), abandoned",
@@ -582,7 +592,9 @@ fn ingest(
                         if tx.send(Item::Frame(Arc::clone(&frame))).is_err() {
                             break;
                         }
-                        shared.mailbox.put(frame);
+                        if *lock(&shared.state) != AiState::Off {
+                            shared.mailbox.put(frame);
+                        }
                         continue;
                     }
                     Err(error) => Item::Error {
@@ -647,6 +659,52 @@ impl Compositor {
         }
     }
 
+    /// Copies the pass-through frame (the input is shared with the AI and never
+    /// modified) and draws the overlay or indicator for `state` on the copy.
+    fn draw(
+        &self,
+        frame: &Frame,
+        state: OverlayState,
+        ann: Option<&Arc<Annotation>>,
+        age: Option<Duration>,
+    ) -> (RgbImage, Option<Vec<bool>>) {
+        let (w, h) = (frame.image.width, frame.image.height);
+        let mut image = RgbImage::clone(&frame.image);
+        let mut touched = self.config.record_touched.then(|| vec![false; w * h]);
+        // `Canvas::new` only fails on inconsistent sizes, which `to_rgb` rules
+        // out; drawing is then skipped rather than panicking.
+        if let Some(mut canvas) = Canvas::new(w, h, &mut image.data, touched.as_deref_mut()) {
+            match (state, ann) {
+                (OverlayState::Drawn, Some(a)) => {
+                    let label = match a.seg.iou_prediction {
+                        Some(iou) => format!("{} {:.2}", self.config.label, iou),
+                        None => self.config.label.clone(),
+                    };
+                    let readout = format!(
+                        "AI {:.0} ms  age {:.0} ms",
+                        ms(a.infer),
+                        ms(age.unwrap_or_default())
+                    );
+                    overlay::draw_annotation(
+                        &mut canvas,
+                        &a.shape,
+                        a.prompt_box,
+                        &label,
+                        &readout,
+                        &self.config.style,
+                    );
+                }
+                (OverlayState::Late, _) => overlay::draw_indicator(&mut canvas, Indicator::Late),
+                (OverlayState::Unavailable, _) => {
+                    overlay::draw_indicator(&mut canvas, Indicator::Unavailable)
+                }
+                (OverlayState::Off, _) => overlay::draw_indicator(&mut canvas, Indicator::Off),
+                _ => {}
+            }
+        }
+        (image, touched)
+    }
+
     fn compose(&mut self, item: Item) -> Output {
         let frame = match item {
             Item::Error {
@@ -687,13 +745,13 @@ impl Compositor {
         }
         self.last_id = Some(frame.id);
 
-        // The output is a copy of the pass-through frame; the input is shared
-        // with the AI and never modified.
-        let mut image = RgbImage::clone(&frame.image);
-        let mut touched = self.config.record_touched.then(|| vec![false; w * h]);
-
         let ann = lock(&self.shared.latest).clone();
-        let state = *lock(&self.shared.state);
+        let mut state = *lock(&self.shared.state);
+        if state == AiState::Running
+            && lock(&self.shared.unavailable_until).is_some_and(|t| Instant::now() < t)
+        {
+            state = AiState::Unavailable;
+        }
         let has_prompt = lock(&self.shared.prompter)
             .prompt_for(frame.id, w, h)
             .is_some();
@@ -716,49 +774,26 @@ impl Compositor {
             .as_ref()
             .map(|a| now.saturating_duration_since(a.source_capture));
         let fresh = age.is_some_and(|age| age + DRAW_MARGIN <= self.config.deadline);
-        let overlay_state = match state {
+        let mut overlay_state = match state {
             AiState::Off => OverlayState::Off,
             AiState::Unavailable => OverlayState::Unavailable,
             AiState::Running if !has_prompt => OverlayState::None,
             AiState::Running if fresh => OverlayState::Drawn,
             AiState::Running => OverlayState::Late,
         };
+        let (mut image, mut touched) = self.draw(&frame, overlay_state, usable.as_ref(), age);
+        let mut emit = Instant::now();
+        if overlay_state == OverlayState::Drawn
+            && usable.as_ref().is_some_and(|a| {
+                emit.saturating_duration_since(a.source_capture) > self.config.deadline
+            })
         {
-            // `Canvas::new` only fails on inconsistent sizes, which `to_rgb`
-            // rules out; drawing is then skipped rather than panicking.
-            if let Some(mut canvas) = Canvas::new(w, h, &mut image.data, touched.as_deref_mut()) {
-                match (overlay_state, &usable) {
-                    (OverlayState::Drawn, Some(a)) => {
-                        let label = match a.seg.iou_prediction {
-                            Some(iou) => format!("{} {:.2}", self.config.label, iou),
-                            None => self.config.label.clone(),
-                        };
-                        let readout = format!(
-                            "AI {:.0} ms  age {:.0} ms",
-                            ms(a.infer),
-                            ms(age.unwrap_or_default())
-                        );
-                        overlay::draw_annotation(
-                            &mut canvas,
-                            &a.shape,
-                            a.prompt_box,
-                            &label,
-                            &readout,
-                            &self.config.style,
-                        );
-                    }
-                    (OverlayState::Late, _) => {
-                        overlay::draw_indicator(&mut canvas, Indicator::Late)
-                    }
-                    (OverlayState::Unavailable, _) => {
-                        overlay::draw_indicator(&mut canvas, Indicator::Unavailable)
-                    }
-                    (OverlayState::Off, _) => overlay::draw_indicator(&mut canvas, Indicator::Off),
-                    _ => {}
-                }
-            }
+            // Went stale while drawing (the thread was descheduled): withdraw it.
+            overlay_state = OverlayState::Late;
+            (image, touched) = self.draw(&frame, overlay_state, None, None);
+            emit = Instant::now();
+            self.summary.withdrawn += 1;
         }
-        let emit = Instant::now();
         let passthrough = emit.saturating_duration_since(frame.ingest);
         self.summary.frames_out += 1;
         self.summary
@@ -824,6 +859,7 @@ pub fn run_stream(
         mailbox: Mailbox::new(),
         latest: Mutex::new(None),
         state: Mutex::new(AiState::Running),
+        unavailable_until: Mutex::new(None),
         busy: Mutex::new(None),
         generation: AtomicU64::new(0),
         prompter: Mutex::new(Prompter::new(prompts, config.track)),
