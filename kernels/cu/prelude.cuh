@@ -12,6 +12,21 @@ typedef unsigned char u8_t;
 
 #define EDGESEG_INF __int_as_float(0x7f800000)
 
+#ifdef EDGESEG_CPU_EMU
+// CPU emulation (kernels/tests/cpu_emu): the compiler's _Float16, also round to nearest even.
+__device__ __forceinline__ float h2f(f16_t h) {
+    _Float16 x;
+    memcpy(&x, &h, 2);
+    return (float)x;
+}
+
+__device__ __forceinline__ f16_t f2h(float f) {
+    _Float16 x = (_Float16)f;
+    f16_t h;
+    memcpy(&h, &x, 2);
+    return h;
+}
+#else
 __device__ __forceinline__ float h2f(f16_t h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -23,6 +38,7 @@ __device__ __forceinline__ f16_t f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 // Activation codes shared with the Rust side (`reference::Act`).
 #define ACT_NONE 0
