@@ -82,6 +82,65 @@ pub fn source_hash(src: &KernelSource) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The C type of a kernel parameter, as far as a launch needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// Any pointer (a device buffer).
+    Ptr,
+    /// `int`.
+    I32,
+    /// `unsigned int`.
+    U32,
+    /// `long long`.
+    I64,
+    /// `float`.
+    F32,
+}
+
+fn param_kind(decl: &str) -> Option<ParamKind> {
+    let decl = decl.trim();
+    if decl.contains('*') {
+        return Some(ParamKind::Ptr);
+    }
+    // drop the parameter name (the last identifier), normalize the spaces of the type
+    let (ty, _name) = decl.rsplit_once(char::is_whitespace)?;
+    let ty: Vec<&str> = ty.split_whitespace().filter(|w| *w != "const").collect();
+    match ty.join(" ").as_str() {
+        "int" => Some(ParamKind::I32),
+        "unsigned int" | "unsigned" => Some(ParamKind::U32),
+        "long long" => Some(ParamKind::I64),
+        "float" => Some(ParamKind::F32),
+        _ => None,
+    }
+}
+
+/// The parameter list of kernel `kernel` of `src`, parsed from its declaration
+/// (for the attention kernels, from the `ATT_ENTRY` macro that stamps them out).
+/// The GPU launchers check the arguments they push against it before launching,
+/// so a launcher that disagrees with its kernel fails with an error instead of
+/// corrupting memory. `None` if the kernel or a parameter type is not understood.
+pub fn kernel_params(src: &KernelSource, kernel: &str) -> Option<Vec<ParamKind>> {
+    let code = src.code;
+    let needle = if kernel.starts_with("attention_f16_d") {
+        "attention_f16_d##D(".to_string()
+    } else {
+        format!("{kernel}(")
+    };
+    let start = code.match_indices(&needle).find_map(|(i, _)| {
+        let before = code[..i].chars().next_back();
+        let boundary = before.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        // the definition: an `extern "C"` entry, not a call
+        (boundary
+            && code[..i]
+                .rfind("extern \"C\"")
+                .is_some_and(|e| !code[e..i].contains(';')))
+        .then_some(i + needle.len())
+    })?;
+    let end = start + code[start..].find(')')?;
+    let list = code[start..end].replace('\\', " ");
+    list.split(',').map(param_kind).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +171,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_kernel_signature_parses() {
+        use ParamKind::*;
+        for s in SOURCES {
+            for k in s.kernels {
+                let p = kernel_params(s, k).unwrap_or_else(|| panic!("{k}: signature"));
+                assert!(!p.is_empty(), "{k}");
+            }
+        }
+        let pre = source("preprocess.cu").unwrap();
+        assert_eq!(
+            kernel_params(pre, "pre_normalize_f16"),
+            Some(vec![Ptr, Ptr, I32, I32, I32, Ptr])
+        );
+        let post = source("postprocess.cu").unwrap();
+        let p = kernel_params(post, "post_mask_overlay").unwrap();
+        assert_eq!(p.len(), 15);
+        assert_eq!((p[11], p[12], p[14]), (U32, F32, U32));
+        let att = kernel_params(source("attention.cu").unwrap(), "attention_f16_d64").unwrap();
+        assert_eq!(att.len(), 20);
+        assert_eq!(&att[5..8], &[I32, I32, F32]);
+        assert!(att[8..].iter().all(|&k| k == I64));
+        let gemm = source("gemm.cu").unwrap();
+        assert_eq!(
+            kernel_params(gemm, "gemm_bias_act_f32"),
+            Some(vec![Ptr, Ptr, Ptr, Ptr, I32, I32, I32, I32])
+        );
+        assert_eq!(kernel_params(gemm, "no_such_kernel"), None);
     }
 
     #[test]

@@ -89,6 +89,17 @@ pub enum GpuError {
         /// The panic message.
         message: String,
     },
+    /// A launcher's arguments disagree with its kernel's C declaration (a bug in
+    /// `gpu::ops`; caught before the launch).
+    #[error("arguments for kernel {kernel} do not match its declaration: pushed {pushed}, declared {expected}")]
+    Signature {
+        /// The kernel.
+        kernel: &'static str,
+        /// The parameter kinds of the declaration (`None` if it could not be parsed).
+        expected: String,
+        /// The kinds pushed.
+        pushed: String,
+    },
     /// Unknown source or kernel name.
     #[error("no kernel {kernel} in {source_name}")]
     UnknownKernel {

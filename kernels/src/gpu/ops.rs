@@ -6,18 +6,22 @@
 //! are `CudaSlice<u16>` holding IEEE binary16 bit patterns. Each launcher's
 //! specification is the CPU reference named in its doc comment.
 //!
-//! Kernel launches are the remaining FFI: each `unsafe` block states why the
-//! argument list matches the kernel's parameters.
+//! Kernel launches are the remaining FFI. Before each launch the kinds of the
+//! pushed arguments are compared with the kernel's C declaration, parsed from its
+//! source (`sources::kernel_params`): a launcher that disagrees with its kernel
+//! gets [`GpuError::Signature`] instead of a launch with a wrong argument list.
 #![allow(unsafe_code)]
 
 use cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 
 use super::{to_i32, Gpu, GpuError};
 use crate::prepost::longest_side_size;
 use crate::reference::nn::{Act, AttnShape, ConvShape, NnError, Strides};
 use crate::reference::{plan_resize, plan_upsample, OverlayStyle, PixelFormat};
+use crate::sources::{kernel_params, source, ParamKind};
 
 /// A null device pointer for optional kernel arguments.
 static NULL_PTR: u64 = 0;
@@ -55,17 +59,102 @@ fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig
     }
 }
 
-fn launch(args: &mut LaunchArgs<'_>, c: LaunchConfig) -> Result<(), GpuError> {
-    // SAFETY: every caller pushes exactly the kernel's parameters, in order and
-    // with the kernel's types (device pointers as CudaSlice / NULL_PTR, `int` as
-    // i32, `long long` as i64, `float` as f32, `unsigned int` as u32), after
-    // checking every buffer's length against the shape the kernel indexes.
-    unsafe { args.launch(c) }
-        .map(|_| ())
-        .map_err(GpuError::driver("cuLaunchKernel"))
+/// The [`ParamKind`] of a value pushed as a kernel argument.
+trait ArgKind {
+    const KIND: ParamKind;
 }
 
-fn opt<'a, T>(args: &mut LaunchArgs<'a>, s: Option<&'a CudaSlice<T>>) {
+impl ArgKind for &i32 {
+    const KIND: ParamKind = ParamKind::I32;
+}
+impl ArgKind for &u32 {
+    const KIND: ParamKind = ParamKind::U32;
+}
+impl ArgKind for &i64 {
+    const KIND: ParamKind = ParamKind::I64;
+}
+impl ArgKind for &f32 {
+    const KIND: ParamKind = ParamKind::F32;
+}
+/// Only [`NULL_PTR`] is pushed as a `u64`: a null pointer.
+impl ArgKind for &u64 {
+    const KIND: ParamKind = ParamKind::Ptr;
+}
+impl<T> ArgKind for &CudaSlice<T> {
+    const KIND: ParamKind = ParamKind::Ptr;
+}
+impl<T> ArgKind for &mut CudaSlice<T> {
+    const KIND: ParamKind = ParamKind::Ptr;
+}
+impl<T> ArgKind for &CudaView<'_, T> {
+    const KIND: ParamKind = ParamKind::Ptr;
+}
+impl<T> ArgKind for &mut CudaViewMut<'_, T> {
+    const KIND: ParamKind = ParamKind::Ptr;
+}
+
+/// A kernel's launch arguments, with the kind of each one recorded so that
+/// [`KArgs::launch`] can compare them with the kernel's parsed C signature.
+struct KArgs<'a> {
+    inner: LaunchArgs<'a>,
+    source: &'static str,
+    kernel: &'static str,
+    kinds: Vec<ParamKind>,
+}
+
+/// A loaded kernel and its names.
+struct Kernel {
+    f: CudaFunction,
+    source: &'static str,
+    kernel: &'static str,
+}
+
+impl<'a> KArgs<'a> {
+    fn new(g: &'a Gpu, k: &'a Kernel) -> Self {
+        KArgs {
+            inner: g.stream().launch_builder(&k.f),
+            source: k.source,
+            kernel: k.kernel,
+            kinds: Vec::new(),
+        }
+    }
+
+    fn arg<A: ArgKind>(&mut self, a: A) -> &mut Self
+    where
+        LaunchArgs<'a>: PushKernelArg<A>,
+    {
+        self.inner.arg(a);
+        self.kinds.push(A::KIND);
+        self
+    }
+
+    /// Launches after checking the pushed arguments against the kernel's C
+    /// parameter list (`sources::kernel_params`).
+    fn launch(&mut self, c: LaunchConfig) -> Result<(), GpuError> {
+        let expected = source(self.source).and_then(|s| kernel_params(s, self.kernel));
+        if expected.as_deref() != Some(&self.kinds[..]) {
+            return Err(GpuError::Signature {
+                kernel: self.kernel,
+                expected: format!("{expected:?}"),
+                pushed: format!("{:?}", self.kinds),
+            });
+        }
+        // SAFETY: the arguments match the kernel's parameters in number, order and
+        // kind (checked just above against its C declaration), scalars have the C
+        // types' sizes (i32 `int`, u32 `unsigned int`, i64 `long long`, f32 `float`),
+        // pointers are live device buffers (or NULL where the kernel accepts it), and
+        // every caller checked each buffer's length against the shape the kernel indexes.
+        unsafe { self.inner.launch(c) }
+            .map(|_| ())
+            .map_err(GpuError::driver("cuLaunchKernel"))
+    }
+}
+
+fn launch(args: &mut KArgs<'_>, c: LaunchConfig) -> Result<(), GpuError> {
+    args.launch(c)
+}
+
+fn opt<'a, T>(args: &mut KArgs<'a>, s: Option<&'a CudaSlice<T>>) {
     match s {
         Some(s) => args.arg(s),
         None => args.arg(&NULL_PTR),
@@ -73,6 +162,14 @@ fn opt<'a, T>(args: &mut LaunchArgs<'a>, s: Option<&'a CudaSlice<T>>) {
 }
 
 impl Gpu {
+    fn kernel(&self, source: &'static str, kernel: &'static str) -> Result<Kernel, GpuError> {
+        Ok(Kernel {
+            f: self.function(source, kernel)?,
+            source,
+            kernel,
+        })
+    }
+
     /// Copies a host slice to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, GpuError> {
         self.stream()
@@ -206,7 +303,7 @@ impl Gpu {
         self.stream()
             .memcpy_htod(&[255u32, 0u32], &mut p.minmax)
             .map_err(GpuError::driver("cuMemcpyHtoD"))?;
-        let f = self.function("preprocess.cu", "pre_resize")?;
+        let f = self.kernel("preprocess.cu", "pre_resize")?;
         let (fmt, sh, sw, st) = (
             p.format.code(),
             to_i32("height", p.height)?,
@@ -214,7 +311,7 @@ impl Gpu {
             to_i32("stride", p.stride)?,
         );
         let (dh, dw) = (to_i32("new_h", p.new_h)?, to_i32("new_w", p.new_w)?);
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(frame)
             .arg(&fmt)
             .arg(&sh)
@@ -244,13 +341,13 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         need("preprocess output", out.len(), &[3, p.size, p.size])?;
         self.preprocess_resize(p, frame)?;
-        let f = self.function("preprocess.cu", "pre_normalize_f32")?;
+        let f = self.kernel("preprocess.cu", "pre_normalize_f32")?;
         let (nh, nw, s) = (
             to_i32("new_h", p.new_h)?,
             to_i32("new_w", p.new_w)?,
             to_i32("size", p.size)?,
         );
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(&p.resized)
             .arg(&p.minmax)
             .arg(&nh)
@@ -272,13 +369,13 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         need("preprocess output", out.len(), &[3, p.size, p.size])?;
         self.preprocess_resize(p, frame)?;
-        let f = self.function("preprocess.cu", "pre_normalize_f16")?;
+        let f = self.kernel("preprocess.cu", "pre_normalize_f16")?;
         let (nh, nw, s) = (
             to_i32("new_h", p.new_h)?,
             to_i32("new_w", p.new_w)?,
             to_i32("size", p.size)?,
         );
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(&p.resized)
             .arg(&p.minmax)
             .arg(&nh)
@@ -342,7 +439,7 @@ impl Gpu {
             need("overlay input", i.len(), &[p.out_h, p.out_w, 3])?;
             need("overlay output", o.len(), &[p.out_h, p.out_w, 3])?;
         }
-        let f = self.function("postprocess.cu", "post_mask_overlay")?;
+        let f = self.kernel("postprocess.cu", "post_mask_overlay")?;
         let (lw, oh, ow) = (
             to_i32("lw", p.lw)?,
             to_i32("out_h", p.out_h)?,
@@ -350,7 +447,7 @@ impl Gpu {
         );
         let (fill, contour) = (pack_rgb(style.fill), pack_rgb(style.contour));
         let oma = 1.0f32 - style.alpha;
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(logits).arg(&lw).arg(&oh).arg(&ow);
         a.arg(&p.yi).arg(&p.yw).arg(&p.xi).arg(&p.xw).arg(mask);
         match overlay {
@@ -388,9 +485,9 @@ impl Gpu {
         need("layer_norm y", y.len(), &[rows, c])?;
         need("layer_norm gamma", gamma.len(), &[c])?;
         need("layer_norm beta", beta.len(), &[c])?;
-        let f = self.function("layernorm.cu", "layernorm_f32")?;
+        let f = self.kernel("layernorm.cu", "layernorm_f32")?;
         let (r, ci) = (to_i32("rows", rows)?, to_i32("c", c)?);
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(x)
             .arg(gamma)
             .arg(beta)
@@ -426,9 +523,9 @@ impl Gpu {
         need("layer_norm2d y", y.len(), &[n, c, hw])?;
         need("layer_norm2d gamma", gamma.len(), &[c])?;
         need("layer_norm2d beta", beta.len(), &[c])?;
-        let f = self.function("layernorm.cu", "layernorm2d_f32")?;
+        let f = self.kernel("layernorm.cu", "layernorm2d_f32")?;
         let (ni, ci, hwi) = (to_i32("n", n)?, to_i32("c", c)?, to_i32("hw", hw)?);
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(x)
             .arg(gamma)
             .arg(beta)
@@ -443,9 +540,9 @@ impl Gpu {
     /// Elementwise GELU, f32. Spec: `reference::nn::gelu`.
     pub fn gelu_f32(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) -> Result<(), GpuError> {
         need("gelu y", y.len(), &[x.len()])?;
-        let f = self.function("elementwise.cu", "gelu_f32")?;
+        let f = self.kernel("elementwise.cu", "gelu_f32")?;
         let n = x.len() as i64;
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(x).arg(y).arg(&n);
         launch(
             &mut a,
@@ -456,9 +553,9 @@ impl Gpu {
     /// Elementwise GELU, f16 in and out, f32 math.
     pub fn gelu_f16(&self, x: &CudaSlice<u16>, y: &mut CudaSlice<u16>) -> Result<(), GpuError> {
         need("gelu y", y.len(), &[x.len()])?;
-        let f = self.function("elementwise.cu", "gelu_f16")?;
+        let f = self.kernel("elementwise.cu", "gelu_f16")?;
         let n = x.len() as i64;
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(x).arg(y).arg(&n);
         launch(
             &mut a,
@@ -476,9 +573,9 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         need("softmax x", x.len(), &[rows, cols])?;
         need("softmax y", y.len(), &[rows, cols])?;
-        let f = self.function("softmax.cu", "softmax_rows_f32")?;
+        let f = self.kernel("softmax.cu", "softmax_rows_f32")?;
         let (r, c) = (to_i32("rows", rows)?, to_i32("cols", cols)?);
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(x).arg(y).arg(&r).arg(&c);
         launch(
             &mut a,
@@ -541,11 +638,11 @@ impl Gpu {
         if let Some(b) = bias {
             need("attention bias", b.len(), &[s.heads, s.nq, s.nk])?;
         }
-        let f = self.function("attention.cu", kernel)?;
+        let f = self.kernel("attention.cu", kernel)?;
         let (nq, nk) = (to_i32("nq", s.nq)?, to_i32("nk", s.nk)?);
         let st = |x: Strides| [x.batch as i64, x.head as i64, x.token as i64];
         let (sq, sk, sv, so) = (st(qs), st(ks), st(vs), st(os));
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(q).arg(k).arg(v).arg(o);
         opt(&mut a, bias);
         a.arg(&nq).arg(&nk).arg(&scale);
@@ -590,7 +687,7 @@ impl Gpu {
             out.len(),
             &[b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c],
         )?;
-        let f = self.function("attention.cu", "window_partition_f16")?;
+        let f = self.kernel("attention.cu", "window_partition_f16")?;
         let d = [
             to_i32("b", b)?,
             to_i32("h", h)?,
@@ -599,7 +696,7 @@ impl Gpu {
             to_i32("ws", ws)?,
         ];
         let total = out.len();
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(x).arg(&mut *out);
         for v in &d {
             a.arg(v);
@@ -631,7 +728,7 @@ impl Gpu {
             &[b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c],
         )?;
         need("window_reverse x", x.len(), &[b, h, w, c])?;
-        let f = self.function("attention.cu", "window_reverse_f16")?;
+        let f = self.kernel("attention.cu", "window_reverse_f16")?;
         let d = [
             to_i32("b", b)?,
             to_i32("h", h)?,
@@ -640,7 +737,7 @@ impl Gpu {
             to_i32("ws", ws)?,
         ];
         let n = x.len();
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(win).arg(&mut *x);
         for v in &d {
             a.arg(v);
@@ -674,13 +771,13 @@ impl Gpu {
         match (s.k, s.stride, s.pad, s.depthwise) {
             (1, 1, 0, false) => {
                 need("conv weight", w.len(), &[s.cout, s.cin])?;
-                let f = self.function("gemm.cu", "conv1x1_bn_act_f32")?;
+                let f = self.kernel("gemm.cu", "conv1x1_bn_act_f32")?;
                 let (ci, co, hw) = (
                     to_i32("cin", s.cin)?,
                     to_i32("cout", s.cout)?,
                     to_i32("hw", s.h * s.w)?,
                 );
-                let mut a = self.stream().launch_builder(&f);
+                let mut a = KArgs::new(self, &f);
                 a.arg(x)
                     .arg(w)
                     .arg(scale)
@@ -706,7 +803,7 @@ impl Gpu {
             }
             (3, 1 | 2, 1, false) => {
                 need("conv weight", w.len(), &[s.cout, s.cin, 9])?;
-                let f = self.function("conv.cu", "conv3x3_bn_act_f32")?;
+                let f = self.kernel("conv.cu", "conv3x3_bn_act_f32")?;
                 let d = [
                     to_i32("cin", s.cin)?,
                     to_i32("h", s.h)?,
@@ -717,7 +814,7 @@ impl Gpu {
                     to_i32("wo", wo)?,
                     actc,
                 ];
-                let mut a = self.stream().launch_builder(&f);
+                let mut a = KArgs::new(self, &f);
                 a.arg(x).arg(w).arg(scale).arg(shift).arg(y);
                 for v in &d {
                     a.arg(v);
@@ -730,7 +827,7 @@ impl Gpu {
             }
             (3, 1 | 2, 1, true) if s.cin == s.cout => {
                 need("conv weight", w.len(), &[s.cout, 9])?;
-                let f = self.function("conv.cu", "dwconv3x3_bn_act_f32")?;
+                let f = self.kernel("conv.cu", "dwconv3x3_bn_act_f32")?;
                 let d = [
                     to_i32("c", s.cin)?,
                     to_i32("h", s.h)?,
@@ -740,7 +837,7 @@ impl Gpu {
                     to_i32("wo", wo)?,
                     actc,
                 ];
-                let mut a = self.stream().launch_builder(&f);
+                let mut a = KArgs::new(self, &f);
                 a.arg(x).arg(w).arg(scale).arg(shift).arg(y);
                 for v in &d {
                     a.arg(v);
@@ -791,7 +888,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     fn gemm_generic<T: DeviceRepr>(
         &self,
-        kernel: &str,
+        kernel: &'static str,
         a: &CudaSlice<T>,
         w: &CudaSlice<T>,
         bias: Option<&CudaSlice<f32>>,
@@ -807,14 +904,14 @@ impl Gpu {
         if let Some(b) = bias {
             need("gemm bias", b.len(), &[n])?;
         }
-        let f = self.function("gemm.cu", kernel)?;
+        let f = self.kernel("gemm.cu", kernel)?;
         let (mi, ni, ki, ac) = (
             to_i32("m", m)?,
             to_i32("n", n)?,
             to_i32("k", k)?,
             act.code(),
         );
-        let mut l = self.stream().launch_builder(&f);
+        let mut l = KArgs::new(self, &f);
         l.arg(a).arg(w);
         opt(&mut l, bias);
         l.arg(c).arg(&mi).arg(&ni).arg(&ki).arg(&ac);
@@ -848,9 +945,9 @@ impl Gpu {
         if let Some(b) = bias {
             need("gemm_i8 bias", b.len(), &[n])?;
         }
-        let f = self.function("gemm_i8.cu", "gemm_i8_dequant_f32")?;
+        let f = self.kernel("gemm_i8.cu", "gemm_i8_dequant_f32")?;
         let (mi, ni, ki) = (to_i32("m", m)?, to_i32("n", n)?, to_i32("k", k)?);
-        let mut l = self.stream().launch_builder(&f);
+        let mut l = KArgs::new(self, &f);
         l.arg(a).arg(w).arg(scale);
         opt(&mut l, bias);
         l.arg(c).arg(&mi).arg(&ni).arg(&ki);
@@ -874,9 +971,9 @@ impl Gpu {
         need("masked_avg_pool feat", feat.len(), &[c, hw])?;
         need("masked_avg_pool mask", mask.len(), &[hw])?;
         need("masked_avg_pool proto", proto.len(), &[c])?;
-        let f = self.function("fewshot.cu", "masked_avg_pool_f32")?;
+        let f = self.kernel("fewshot.cu", "masked_avg_pool_f32")?;
         let (ci, hwi) = (to_i32("c", c)?, to_i32("hw", hw)?);
-        let mut a = self.stream().launch_builder(&f);
+        let mut a = KArgs::new(self, &f);
         a.arg(feat)
             .arg(mask)
             .arg(proto)
@@ -910,13 +1007,13 @@ impl Gpu {
                 value: c,
                 limit: 48 * 1024 / 32,
             })?;
-        let f = self.function("fewshot.cu", "cosine_sim_f32")?;
+        let f = self.kernel("fewshot.cu", "cosine_sim_f32")?;
         let (ci, hwi) = (to_i32("c", c)?, to_i32("hw", hw)?);
         for j0 in (0..np).step_by(8) {
             let chunk = to_i32("prototypes", (np - j0).min(8))?;
             let pv = protos.slice(j0 * c..);
             let mut ov = out.slice_mut(j0 * hw..);
-            let mut a = self.stream().launch_builder(&f);
+            let mut a = KArgs::new(self, &f);
             a.arg(feat)
                 .arg(&pv)
                 .arg(&mut ov)
