@@ -10,8 +10,8 @@
 #    loading the wheel's libnvrtc through LD_LIBRARY_PATH) for sm_87 and sm_90, then
 #    `ptxas -v` assembles the PTX; registers / shared memory / stack / spills per kernel.
 # 3. Fails on a compile error, any spill, or when kernels/RESOURCES.md is stale.
-# 4. Lints the crate with the feature on, builds the GPU parity tests and runs their no-GPU
-#    paths.
+# 4. Lints the crate with the feature on, runs its unit tests with the feature (the GPU module's
+#    own), builds the GPU parity tests and runs their no-GPU paths.
 #
 # Usage: kernels/check/compile-check.sh [--write]   (--write regenerates RESOURCES.md)
 set -euo pipefail
@@ -56,4 +56,4 @@ cargo run --quiet -p edgeseg-kernels --features cuda --example compile_check -- 
 # The GPU harness must keep building, and its no-GPU paths must hold: the parity tests skip
 # (printing why) and opening a GPU without a driver is an error, not a panic. NVRTC is left off
 # the library path here (its compile test would repeat the check above).
-env -u LD_LIBRARY_PATH cargo test --quiet -p edgeseg-kernels --features cuda --test gpu_parity
+env -u LD_LIBRARY_PATH cargo test --quiet -p edgeseg-kernels --features cuda --lib --test gpu_parity

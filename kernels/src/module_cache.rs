@@ -25,8 +25,11 @@ pub struct ModuleCache {
 /// Everything a compiled module depends on besides the source text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheKeyParts {
-    /// Compute capability, e.g. `(8, 7)`.
+    /// The architecture compiled for, e.g. `(8, 7)`.
     pub arch: (u32, u32),
+    /// PTX for the virtual architecture (JIT-compiled by the driver, used when
+    /// NVRTC is older than the GPU) rather than a CUBIN for the real one.
+    pub ptx: bool,
     /// `cuDriverGetVersion`, e.g. 12060.
     pub driver_version: i32,
     /// `nvrtcVersion`, e.g. `(12, 6)`.
@@ -62,14 +65,19 @@ impl ModuleCache {
     pub fn key(src: &KernelSource, parts: CacheKeyParts) -> String {
         let stem = src.name.trim_end_matches(".cu");
         let hash = source_hash(src);
+        let (kind, ext) = if parts.ptx {
+            ("compute", "ptx")
+        } else {
+            ("sm", "cubin")
+        };
         format!(
-            "{stem}-{}-sm_{}{}-drv{}-nvrtc{}.{}.cubin",
+            "{stem}-{}-{kind}_{}{}-drv{}-nvrtc{}.{}.{ext}",
             &hash[..16],
             parts.arch.0,
             parts.arch.1,
             parts.driver_version,
             parts.nvrtc_version.0,
-            parts.nvrtc_version.1
+            parts.nvrtc_version.1,
         )
     }
 
@@ -99,6 +107,7 @@ mod tests {
     fn parts() -> CacheKeyParts {
         CacheKeyParts {
             arch: (8, 7),
+            ptx: false,
             driver_version: 12060,
             nvrtc_version: (12, 6),
         }
@@ -112,6 +121,9 @@ mod tests {
         let mut p = parts();
         p.arch = (9, 0);
         assert_ne!(ModuleCache::key(s, p), k);
+        let mut p = parts();
+        p.ptx = true;
+        assert!(ModuleCache::key(s, p).ends_with("-compute_87-drv12060-nvrtc12.6.ptx"));
         let mut p = parts();
         p.driver_version = 12080;
         assert_ne!(ModuleCache::key(s, p), k);

@@ -68,6 +68,9 @@ pub struct DeviceInfo {
     pub nvrtc_version: (i32, i32),
     /// Multiprocessors.
     pub sm_count: i32,
+    /// What the kernels are compiled to: a CUBIN for `arch`, or PTX for an older
+    /// architecture when NVRTC predates the GPU (see `nvrtc::choose_target`).
+    pub target: (Arch, Output),
     /// Whether the GPU shares memory with the CPU (Jetson).
     pub integrated: bool,
 }
@@ -127,25 +130,28 @@ impl Gpu {
                 ctx.attribute(a)
                     .map_err(GpuError::driver("cuDeviceGetAttribute"))
             };
+            let arch = Arch {
+                major: major as u32,
+                minor: minor as u32,
+            };
+            let nvrtc_version = nvrtc::nvrtc_version()?;
+            let supported = nvrtc::supported_archs()?;
+            let target = nvrtc::choose_target(arch, &supported).ok_or_else(|| {
+                GpuError::ArchUnsupported {
+                    arch: arch.sm(),
+                    nvrtc: format!("{}.{}", nvrtc_version.0, nvrtc_version.1),
+                    supported: supported.iter().map(|a| a.sm()).collect(),
+                }
+            })?;
             let info = DeviceInfo {
                 name: ctx.name().map_err(GpuError::driver("cuDeviceGetName"))?,
-                arch: Arch {
-                    major: major as u32,
-                    minor: minor as u32,
-                },
+                arch,
                 driver_version,
-                nvrtc_version: nvrtc::nvrtc_version()?,
+                nvrtc_version,
                 sm_count: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
                 integrated: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)? != 0,
+                target,
             };
-            let supported = nvrtc::supported_archs()?;
-            if !supported.contains(&info.arch) {
-                return Err(GpuError::ArchUnsupported {
-                    arch: info.arch.sm(),
-                    nvrtc: format!("{}.{}", info.nvrtc_version.0, info.nvrtc_version.1),
-                    supported: supported.iter().map(|a| a.sm()).collect(),
-                });
-            }
             let stream = ctx.default_stream();
             Ok(Gpu {
                 ctx,
@@ -174,24 +180,33 @@ impl Gpu {
 
     /// The cache key parts of this GPU.
     pub fn cache_key_parts(&self) -> CacheKeyParts {
+        let (arch, output) = self.info.target;
         CacheKeyParts {
-            arch: (self.info.arch.major, self.info.arch.minor),
+            arch: (arch.major, arch.minor),
+            ptx: output == Output::Ptx,
             driver_version: self.info.driver_version,
             nvrtc_version: self.info.nvrtc_version,
         }
     }
 
     fn load(&self, image: Vec<u8>) -> Result<Arc<CudaModule>, GpuError> {
+        let module = match self.info.target.1 {
+            Output::Cubin => Ptx::from_binary(image),
+            // PTX text (NVRTC output has no NUL inside; a corrupt cache entry then
+            // fails to load and is recompiled)
+            Output::Ptx => Ptx::from_src(String::from_utf8_lossy(&image).replace('\0', "")),
+        };
         guarded("module load", || {
             self.ctx
-                .load_module(Ptx::from_binary(image))
+                .load_module(module)
                 .map_err(GpuError::driver("cuModuleLoadData"))
         })
     }
 
     /// The loaded module of `src`: from memory, else from the disk cache, else
-    /// compiled with NVRTC for this GPU (CUBIN) and stored in the cache. A cached
-    /// entry that fails to load is recompiled and overwritten.
+    /// compiled with NVRTC for this GPU (CUBIN, or PTX when NVRTC predates the
+    /// GPU) and stored in the cache. A cached entry that fails to load is
+    /// recompiled and overwritten.
     pub fn module(&self, src: &'static KernelSource) -> Result<Arc<CudaModule>, GpuError> {
         let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = mods.get(src.name) {
@@ -202,7 +217,8 @@ impl Gpu {
         let module = match cached.map(|img| self.load(img)) {
             Some(Ok(m)) => m,
             _ => {
-                let compiled = nvrtc::compile(src, self.info.arch, Output::Cubin)?;
+                let (arch, output) = self.info.target;
+                let compiled = nvrtc::compile(src, arch, output)?;
                 if let Some(c) = &self.cache {
                     // A cache that cannot be written only costs a recompilation next time.
                     let _ = c.put(&key, &compiled.image);

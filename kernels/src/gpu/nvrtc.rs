@@ -139,6 +139,23 @@ pub fn supported_archs() -> Result<Vec<Arch>, GpuError> {
         .collect())
 }
 
+/// What to compile for a GPU of architecture `device`, given the architectures
+/// this NVRTC supports: a CUBIN for the device itself when possible, otherwise
+/// PTX for the newest supported architecture below it (PTX is forward-compatible:
+/// the driver JIT-compiles it for the newer GPU). `None` when NVRTC only knows
+/// architectures newer than the device.
+pub fn choose_target(device: Arch, supported: &[Arch]) -> Option<(Arch, Output)> {
+    if supported.contains(&device) {
+        return Some((device, Output::Cubin));
+    }
+    supported
+        .iter()
+        .copied()
+        .filter(|a| *a <= device)
+        .max()
+        .map(|a| (a, Output::Ptx))
+}
+
 /// An NVRTC program, destroyed on drop. Owns the C strings NVRTC may refer to.
 struct Program {
     prog: sys::nvrtcProgram,
@@ -268,5 +285,24 @@ mod tests {
         assert_eq!(Arch::parse("sm_8x"), None);
         assert_eq!(Arch::SM87.sm(), "sm_87");
         assert_eq!(Arch::SM90.compute(), "compute_90");
+    }
+
+    #[test]
+    fn target_is_cubin_when_supported_else_newest_older_ptx() {
+        let a = |s| Arch::parse(s).unwrap();
+        let sup = [a("75"), a("80"), a("86"), a("87"), a("89"), a("90")];
+        assert_eq!(
+            choose_target(Arch::SM87, &sup),
+            Some((Arch::SM87, Output::Cubin))
+        );
+        assert_eq!(
+            choose_target(a("120"), &sup),
+            Some((Arch::SM90, Output::Ptx))
+        );
+        assert_eq!(
+            choose_target(a("88"), &sup),
+            Some((Arch::SM87, Output::Ptx))
+        );
+        assert_eq!(choose_target(a("70"), &sup), None);
     }
 }
