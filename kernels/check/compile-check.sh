@@ -35,7 +35,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$PKGS" ]; then
     PY=python3
   fi
   # shellcheck disable=SC2086
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
     --target "$VENV/site" $PKGS
   echo "$PKGS" > "$STAMP"
 fi
