@@ -19,6 +19,7 @@
 
 #[cfg(any(feature = "cuda-12060", feature = "cuda-13000"))]
 pub mod gpu;
+pub mod launch_shapes;
 pub mod module_cache;
 pub mod npy;
 pub mod pixfmt;

@@ -5,8 +5,8 @@
 //! (one OS thread per CUDA thread, blocks in sequence, barriers for
 //! `__syncthreads` and warp shuffles). Each `kernels/cu/*.cu` is compiled
 //! unchanged, with its prelude, by the host C++ compiler (`$CXX`, else `c++`),
-//! and launched with the grid and block shapes the GPU launchers use
-//! (`src/gpu/ops.rs`). Pre/post-processing and the int8 GEMM must match bit for
+//! and launched with the GPU launchers' own grid and block shapes
+//! (`launch_shapes`). Pre/post-processing and the int8 GEMM must match bit for
 //! bit; the rest within the tolerance tiers (`reference::tol`). What this cannot
 //! show: GPU-only behaviour (memory model, warp scheduling, PTX `cvt`/`ex2`
 //! rounding, performance); the GPU parity tests (`gpu_parity.rs`) cover that
@@ -18,6 +18,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use edgeseg_kernels::launch_shapes::{self as shapes, Shape, TooLarge};
 use edgeseg_kernels::prepost::longest_side_size;
 use edgeseg_kernels::reference::nn::{self, Act, AttnShape, ConvShape, Strides};
 use edgeseg_kernels::reference::tol::{self, check_close, max_abs};
@@ -152,17 +153,13 @@ impl Emu {
         }
     }
 
-    /// Runs `body` (one kernel call) as every thread of a `grid × block` launch.
-    fn launch<F: Fn() + Sync>(
-        &self,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: usize,
-        body: F,
-    ) {
+    /// Runs `body` (one kernel call) as every thread of the launch `shape` (the
+    /// GPU launchers' own, from `launch_shapes`).
+    fn launch<F: Fn() + Sync>(&self, shape: Result<Shape, TooLarge>, body: F) {
+        let Shape { grid, block, smem } = shape.expect("launch shape");
         let run: EmuRun = self.kernel("emu_run");
-        // SAFETY: emu_run calls `trampoline::<F>(&body)` from its threads and joins them all
-        // before returning, so `body` outlives every use.
+        // SAFETY: emu_run calls `trampoline::<F>(&body)` from its fibers and returns only
+        // when all have finished, so `body` outlives every use.
         unsafe {
             run(
                 grid.0,
@@ -171,7 +168,7 @@ impl Emu {
                 block.0,
                 block.1,
                 block.2,
-                smem,
+                smem as usize,
                 trampoline::<F>,
                 &body as *const F as *mut c_void,
             )
@@ -186,10 +183,6 @@ macro_rules! emu_or_skip {
             None => return Ok(()),
         }
     };
-}
-
-fn blocks(n: usize, per: usize) -> u32 {
-    n.div_ceil(per).max(1) as u32
 }
 
 fn vals(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
@@ -309,24 +302,23 @@ proptest! {
         let (pf, pr, pm) = (a(data.as_ptr()), a(resized.as_mut_ptr()), a(minmax.as_mut_ptr()));
         let (xi, xf, yi, yf) = (a(t.xi.as_ptr()), a(t.xf.as_ptr()), a(t.yi.as_ptr()), a(t.yf.as_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(nh * nw, 256), 1, 1), (256, 1, 1), 0, || unsafe {
+        e.launch(shapes::pre_resize(nh, nw), || unsafe {
             k(pf, format.code(), h as i32, w as i32, stride as i32, t.mode, nh as i32, nw as i32,
               xi, xf, yi, yf, t.fsx, t.fsy, t.inv_area, pr, pm)
         });
         prop_assert_eq!(&resized, &want.resized);
         let n = 3 * size * size;
-        let grid = (blocks(n, 256), 1, 1);
         if f16 {
             let mut out = vec![0u16; n];
             let (po, k) = (a(out.as_mut_ptr()), e.kernel::<PreNorm>("pre_normalize_f16"));
             // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-            e.launch(grid, (256, 1, 1), 0, || unsafe { k(pr, pm, nh as i32, nw as i32, size as i32, po) });
+            e.launch(shapes::pre_normalize(size), || unsafe { k(pr, pm, nh as i32, nw as i32, size as i32, po) });
             prop_assert_eq!(out, to_f16_bits(&want.input));
         } else {
             let mut out = vec![0f32; n];
             let (po, k) = (a(out.as_mut_ptr()), e.kernel::<PreNorm>("pre_normalize_f32"));
             // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-            e.launch(grid, (256, 1, 1), 0, || unsafe { k(pr, pm, nh as i32, nw as i32, size as i32, po) });
+            e.launch(shapes::pre_normalize(size), || unsafe { k(pr, pm, nh as i32, nw as i32, size as i32, po) });
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&out), bits(&want.input));
         }
@@ -355,7 +347,7 @@ proptest! {
         let k: PostK = e.kernel("post_mask_overlay");
         let p = (a(logits.as_ptr()), a(yi.as_ptr()), a(yw.as_ptr()), a(xi.as_ptr()), a(xw.as_ptr()), a(mask.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(ow, 32), blocks(oh, 8), 1), (32, 8, 1), 0, || unsafe {
+        e.launch(shapes::post_mask_overlay(oh, ow), || unsafe {
             k(p.0, lsz as i32, oh as i32, ow as i32, p.1, p.2, p.3, p.4, p.5, pin, pout, fill, alpha, oma, contour)
         });
         prop_assert_eq!(&mask, &want.mask);
@@ -372,10 +364,9 @@ proptest! {
         let b = vals(seed ^ 2, c, -0.5, 0.5);
         let mut y = vec![0f32; x.len()];
         let k: LnK = e.kernel("layernorm_f32");
-        let threads = if c >= 1024 { 256 } else { 128 };
         let p = (a(x.as_ptr()), a(g.as_ptr()), a(b.as_ptr()), a(y.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((rows as u32, 1, 1), (threads, 1, 1), 0, || unsafe { k(p.0, p.1, p.2, p.3, rows as i32, c as i32, 1e-6) });
+        e.launch(shapes::layernorm(rows, c), || unsafe { k(p.0, p.1, p.2, p.3, rows as i32, c as i32, 1e-6) });
         close(&y, &nn::layer_norm(&x, rows, c, &g, &b, 1e-6).unwrap(), tol::F32, 1.0)?;
 
         let n = 1 + rows % 2;
@@ -384,7 +375,7 @@ proptest! {
         let k: Ln2dK = e.kernel("layernorm2d_f32");
         let p = (a(x2.as_ptr()), a(g.as_ptr()), a(b.as_ptr()), a(y2.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(n * hw, 128), 1, 1), (128, 1, 1), 0, || unsafe { k(p.0, p.1, p.2, p.3, n as i32, c as i32, hw as i32, 1e-6) });
+        e.launch(shapes::layernorm2d(n, hw), || unsafe { k(p.0, p.1, p.2, p.3, n as i32, c as i32, hw as i32, 1e-6) });
         close(&y2, &nn::layer_norm2d(&x2, n, c, hw, &g, &b, 1e-6).unwrap(), tol::F32, 1.0)?;
 
         let xs = vals(seed ^ 4, rows * c, -8.0, 8.0);
@@ -392,14 +383,14 @@ proptest! {
         let k: EltK = e.kernel("gelu_f32");
         let p = (a(xs.as_ptr()), a(gy.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(xs.len(), 256).min(65535), 1, 1), (256, 1, 1), 0, || unsafe { k(p.0, p.1, xs.len() as i64) });
+        e.launch(shapes::elementwise(xs.len()), || unsafe { k(p.0, p.1, xs.len() as i64) });
         close(&gy, &nn::gelu(&xs), tol::F32, 1e-6)?;
         let xh = to_f16_bits(&xs);
         let mut yh = vec![0u16; xh.len()];
         let k: EltK = e.kernel("gelu_f16");
         let p = (a(xh.as_ptr()), a(yh.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(xh.len(), 256).min(65535), 1, 1), (256, 1, 1), 0, || unsafe { k(p.0, p.1, xh.len() as i64) });
+        e.launch(shapes::elementwise(xh.len()), || unsafe { k(p.0, p.1, xh.len() as i64) });
         close(&from_f16_bits(&yh), &nn::gelu(&from_f16_bits(&xh)), tol::F16, 1e-4)?;
 
         let s = vals(seed ^ 5, rows * c, -20.0, 20.0);
@@ -407,7 +398,7 @@ proptest! {
         let k: SoftK = e.kernel("softmax_rows_f32");
         let p = (a(s.as_ptr()), a(sp.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((rows as u32, 1, 1), (256, 1, 1), 0, || unsafe { k(p.0, p.1, rows as i32, c as i32) });
+        e.launch(shapes::softmax_rows(rows), || unsafe { k(p.0, p.1, rows as i32, c as i32) });
         close(&sp, &nn::softmax_rows(&s, rows, c).unwrap(), tol::F32, 1e-30)?;
     }
 }
@@ -438,7 +429,7 @@ proptest! {
         let (sq, sk, so) = (st(nq), st(nk), st(nq));
         let i = |x: usize| x as i64;
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(nq, 64), heads as u32, batch as u32), (64, 1, 1), 0, || unsafe {
+        e.launch(shapes::attention(nq, heads, batch), || unsafe {
             kern(p.0, p.1, p.2, p.3, pb, nq as i32, nk as i32, scale,
                  i(sq.batch), i(sq.head), i(sq.token), i(sk.batch), i(sk.head), i(sk.token),
                  i(sk.batch), i(sk.head), i(sk.token), i(so.batch), i(so.head), i(so.token))
@@ -456,13 +447,13 @@ proptest! {
         let p = (a(x.as_ptr()), a(win.as_mut_ptr()));
         let d = (b as i32, h as i32, w as i32, c as i32, ws as i32);
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(want.len(), 256).min(65535), 1, 1), (256, 1, 1), 0, || unsafe { k(p.0, p.1, d.0, d.1, d.2, d.3, d.4) });
+        e.launch(shapes::elementwise(want.len()), || unsafe { k(p.0, p.1, d.0, d.1, d.2, d.3, d.4) });
         prop_assert_eq!(&win, &want);
         let mut back = vec![0u16; x.len()];
         let k: WinK = e.kernel("window_reverse_f16");
         let p = (a(win.as_ptr()), a(back.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(x.len(), 256).min(65535), 1, 1), (256, 1, 1), 0, || unsafe { k(p.0, p.1, d.0, d.1, d.2, d.3, d.4) });
+        e.launch(shapes::elementwise(x.len()), || unsafe { k(p.0, p.1, d.0, d.1, d.2, d.3, d.4) });
         prop_assert_eq!(back, x);
     }
 
@@ -493,21 +484,21 @@ proptest! {
             0 => {
                 let kk: Conv1K = e.kernel("conv1x1_bn_act_f32");
                 // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-                e.launch((blocks(h * w, 64), blocks(cout, 64), n as u32), (256, 1, 1), 0, || unsafe {
+                e.launch(shapes::conv1x1(n, cout, h * w), || unsafe {
                     kk(p.0, p.1, p.2, p.3, p.4, cin as i32, cout as i32, (h * w) as i32, ac)
                 });
             }
             1 => {
                 let kk: Conv3K = e.kernel("conv3x3_bn_act_f32");
                 // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-                e.launch((blocks(wo, 16), blocks(ho, 16), (n * cout.div_ceil(4)) as u32), (16, 16, 1), 0, || unsafe {
+                e.launch(shapes::conv3x3(n, cout, ho, wo), || unsafe {
                     kk(p.0, p.1, p.2, p.3, p.4, cin as i32, h as i32, w as i32, cout as i32, stride as i32, ho as i32, wo as i32, ac)
                 });
             }
             _ => {
                 let kk: DwK = e.kernel("dwconv3x3_bn_act_f32");
                 // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-                e.launch((blocks(wo, 16), blocks(ho, 16), (n * cout) as u32), (16, 16, 1), 0, || unsafe {
+                e.launch(shapes::dwconv3x3(n, cout, ho, wo), || unsafe {
                     kk(p.0, p.1, p.2, p.3, p.4, cin as i32, h as i32, w as i32, stride as i32, ho as i32, wo as i32, ac)
                 });
             }
@@ -523,13 +514,12 @@ proptest! {
         let w = vals(seed ^ 1, n * k, -1.0, 1.0);
         let b = vals(seed ^ 2, n, -1.0, 1.0);
         let pb = if bias { a(b.as_ptr()) } else { 0 };
-        let grid = (blocks(n, 64), blocks(m, 64), 1);
         let want = nn::gemm_bias_act(&am, &w, bias.then_some(&b[..]), m, n, k, act).unwrap();
         let mut c = vec![0f32; m * n];
         let kk: GemmK = e.kernel("gemm_bias_act_f32");
         let p = (a(am.as_ptr()), a(w.as_ptr()), a(c.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch(grid, (256, 1, 1), 0, || unsafe { kk(p.0, p.1, pb, p.2, m as i32, n as i32, k as i32, act.code()) });
+        e.launch(shapes::gemm(m, n), || unsafe { kk(p.0, p.1, pb, p.2, m as i32, n as i32, k as i32, act.code()) });
         close(&c, &want, tol::F32, max_abs(&want).max(1e-3))?;
         let (ah, wh) = (to_f16_bits(&am), to_f16_bits(&w));
         let wanth = from_f16_bits(&nn::gemm_bias_act_f16(&ah, &wh, bias.then_some(&b[..]), m, n, k, act).unwrap());
@@ -537,7 +527,7 @@ proptest! {
         let kk: GemmK = e.kernel("gemm_bias_act_f16");
         let p = (a(ah.as_ptr()), a(wh.as_ptr()), a(ch.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch(grid, (256, 1, 1), 0, || unsafe { kk(p.0, p.1, pb, p.2, m as i32, n as i32, k as i32, act.code()) });
+        e.launch(shapes::gemm(m, n), || unsafe { kk(p.0, p.1, pb, p.2, m as i32, n as i32, k as i32, act.code()) });
         close(&from_f16_bits(&ch), &wanth, tol::F16, max_abs(&wanth).max(1e-3))?;
     }
 
@@ -559,7 +549,7 @@ proptest! {
         let pb = if bias { a(b.as_ptr()) } else { 0 };
         let p = (a(ap.as_ptr()), a(wp.as_ptr()), a(scale.as_ptr()), a(c.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((blocks(n, 64), blocks(m, 64), 1), (256, 1, 1), 0, || unsafe { kk(p.0, p.1, p.2, pb, p.3, m as i32, n as i32, k as i32) });
+        e.launch(shapes::gemm(m, n), || unsafe { kk(p.0, p.1, p.2, pb, p.3, m as i32, n as i32, k as i32) });
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&c), bits(&want));
     }
@@ -574,7 +564,7 @@ proptest! {
         let kk: PoolK = e.kernel("masked_avg_pool_f32");
         let p = (a(feat.as_ptr()), a(mask.as_ptr()), a(pr.as_mut_ptr()));
         // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-        e.launch((c as u32, 1, 1), (256, 1, 1), 0, || unsafe { kk(p.0, p.1, p.2, c as i32, hw as i32, 1e-6) });
+        e.launch(shapes::masked_avg_pool(c), || unsafe { kk(p.0, p.1, p.2, c as i32, hw as i32, 1e-6) });
         close(&pr, &want, tol::F32, max_abs(&want).max(1e-3))?;
         let protos = vals(seed ^ 2, np * c, -1.0, 1.0);
         let want = fewshot::cosine_sim(&feat, &protos, c, hw, np, 1e-8).unwrap();
@@ -584,7 +574,7 @@ proptest! {
             let chunk = (np - j0).min(8) as i32;
             let p = (a(feat.as_ptr()), a(protos[j0 * c..].as_ptr()), a(sim[j0 * hw..].as_mut_ptr()));
             // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
-            e.launch((blocks(hw, 128), 1, 1), (128, 1, 1), 8 * c * 4, || unsafe { kk(p.0, p.1, p.2, c as i32, hw as i32, chunk, 1e-8) });
+            e.launch(shapes::cosine_sim(c, hw), || unsafe { kk(p.0, p.1, p.2, c as i32, hw as i32, chunk, 1e-8) });
         }
         close(&sim, &want, tol::F32, 1.0)?;
     }

@@ -18,6 +18,7 @@ use cudarc::driver::{
 };
 
 use super::{to_i32, Gpu, GpuError};
+use crate::launch_shapes::{self as shapes, Shape, TooLarge};
 use crate::prepost::longest_side_size;
 use crate::reference::nn::{Act, AttnShape, ConvShape, NnError, Strides};
 use crate::reference::{plan_resize, plan_upsample, OverlayStyle, PixelFormat};
@@ -43,19 +44,21 @@ fn need(what: &'static str, got: usize, dims: &[usize]) -> Result<(), GpuError> 
     }
 }
 
-fn blocks(n: usize, per: usize) -> Result<u32, GpuError> {
-    u32::try_from(n.div_ceil(per).max(1)).map_err(|_| GpuError::TooLarge {
-        what: "grid size",
-        value: n,
-        limit: u32::MAX as usize,
-    })
+impl From<TooLarge> for GpuError {
+    fn from(e: TooLarge) -> Self {
+        GpuError::TooLarge {
+            what: e.what,
+            value: e.value,
+            limit: e.limit,
+        }
+    }
 }
 
-fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), smem: u32) -> LaunchConfig {
+fn cfg(sh: Shape) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: grid,
-        block_dim: block,
-        shared_mem_bytes: smem,
+        grid_dim: sh.grid,
+        block_dim: sh.block,
+        shared_mem_bytes: sh.smem,
     }
 }
 
@@ -326,10 +329,7 @@ impl Gpu {
             .arg(&p.yf);
         a.arg(&p.fsx).arg(&p.fsy).arg(&p.inv_area);
         a.arg(&mut p.resized).arg(&mut p.minmax);
-        launch(
-            &mut a,
-            cfg((blocks(p.new_h * p.new_w, 256)?, 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::pre_resize(p.new_h, p.new_w)?))
     }
 
     /// Fused pre-processing to f32 NCHW (`3 × size × size`).
@@ -354,10 +354,7 @@ impl Gpu {
             .arg(&nw)
             .arg(&s)
             .arg(out);
-        launch(
-            &mut a,
-            cfg((blocks(3 * p.size * p.size, 256)?, 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::pre_normalize(p.size)?))
     }
 
     /// Fused pre-processing to f16 NCHW (bit patterns).
@@ -382,10 +379,7 @@ impl Gpu {
             .arg(&nw)
             .arg(&s)
             .arg(out);
-        launch(
-            &mut a,
-            cfg((blocks(3 * p.size * p.size, 256)?, 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::pre_normalize(p.size)?))
     }
 
     /// Plans the post-processing of `lh × lw` logits whose top-left
@@ -459,14 +453,7 @@ impl Gpu {
             }
         }
         a.arg(&fill).arg(&style.alpha).arg(&oma).arg(&contour);
-        launch(
-            &mut a,
-            cfg(
-                (blocks(p.out_w, 32)?, blocks(p.out_h, 8)?, 1),
-                (32, 8, 1),
-                0,
-            ),
-        )
+        launch(&mut a, cfg(shapes::post_mask_overlay(p.out_h, p.out_w)?))
     }
 
     /// LayerNorm over rows of `c`. Spec: `reference::nn::layer_norm`.
@@ -495,15 +482,7 @@ impl Gpu {
             .arg(&r)
             .arg(&ci)
             .arg(&eps);
-        let threads = if c >= 1024 { 256 } else { 128 };
-        launch(
-            &mut a,
-            cfg(
-                (u32::try_from(rows.max(1)).unwrap_or(u32::MAX), 1, 1),
-                (threads, 1, 1),
-                0,
-            ),
-        )
+        launch(&mut a, cfg(shapes::layernorm(rows, c)?))
     }
 
     /// LayerNorm2d over the channels of `n × c × hw`. Spec: `reference::nn::layer_norm2d`.
@@ -534,7 +513,7 @@ impl Gpu {
             .arg(&ci)
             .arg(&hwi)
             .arg(&eps);
-        launch(&mut a, cfg((blocks(n * hw, 128)?, 1, 1), (128, 1, 1), 0))
+        launch(&mut a, cfg(shapes::layernorm2d(n, hw)?))
     }
 
     /// Elementwise GELU, f32. Spec: `reference::nn::gelu`.
@@ -544,10 +523,7 @@ impl Gpu {
         let n = x.len() as i64;
         let mut a = KArgs::new(self, &f);
         a.arg(x).arg(y).arg(&n);
-        launch(
-            &mut a,
-            cfg((blocks(x.len(), 256)?.min(65535), 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::elementwise(x.len())?))
     }
 
     /// Elementwise GELU, f16 in and out, f32 math.
@@ -557,10 +533,7 @@ impl Gpu {
         let n = x.len() as i64;
         let mut a = KArgs::new(self, &f);
         a.arg(x).arg(y).arg(&n);
-        launch(
-            &mut a,
-            cfg((blocks(x.len(), 256)?.min(65535), 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::elementwise(x.len())?))
     }
 
     /// Softmax over rows. Spec: `reference::nn::softmax_rows`.
@@ -577,14 +550,7 @@ impl Gpu {
         let (r, c) = (to_i32("rows", rows)?, to_i32("cols", cols)?);
         let mut a = KArgs::new(self, &f);
         a.arg(x).arg(y).arg(&r).arg(&c);
-        launch(
-            &mut a,
-            cfg(
-                (u32::try_from(rows.max(1)).unwrap_or(u32::MAX), 1, 1),
-                (256, 1, 1),
-                0,
-            ),
-        )
+        launch(&mut a, cfg(shapes::softmax_rows(rows)?))
     }
 
     /// Flash-style multi-head attention (f16, f32 accumulation), head dimension
@@ -649,20 +615,7 @@ impl Gpu {
         for x in sq.iter().chain(&sk).chain(&sv).chain(&so) {
             a.arg(x);
         }
-        let grid = (
-            blocks(s.nq, 64)?,
-            u32::try_from(s.heads).map_err(|_| GpuError::TooLarge {
-                what: "heads",
-                value: s.heads,
-                limit: 65535,
-            })?,
-            u32::try_from(s.batch).map_err(|_| GpuError::TooLarge {
-                what: "batch",
-                value: s.batch,
-                limit: 65535,
-            })?,
-        );
-        launch(&mut a, cfg(grid, (64, 1, 1), 0))
+        launch(&mut a, cfg(shapes::attention(s.nq, s.heads, s.batch)?))
     }
 
     /// Window partition of `b × h × w × c` f16 tokens into `ws × ws` windows
@@ -701,10 +654,7 @@ impl Gpu {
         for v in &d {
             a.arg(v);
         }
-        launch(
-            &mut a,
-            cfg((blocks(total, 256)?.min(65535), 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::elementwise(total)?))
     }
 
     /// Inverse of [`Gpu::window_partition_f16`]. Spec: `reference::nn::window_reverse`.
@@ -742,10 +692,7 @@ impl Gpu {
         for v in &d {
             a.arg(v);
         }
-        launch(
-            &mut a,
-            cfg((blocks(n, 256)?.min(65535), 1, 1), (256, 1, 1), 0),
-        )
+        launch(&mut a, cfg(shapes::elementwise(n)?))
     }
 
     /// Convolution with folded BatchNorm and activation: 1×1 (stride 1, no
@@ -787,19 +734,7 @@ impl Gpu {
                     .arg(&co)
                     .arg(&hw)
                     .arg(&actc);
-                let n = u32::try_from(s.n).map_err(|_| GpuError::TooLarge {
-                    what: "batch",
-                    value: s.n,
-                    limit: 65535,
-                })?;
-                launch(
-                    &mut a,
-                    cfg(
-                        (blocks(s.h * s.w, 64)?, blocks(s.cout, 64)?, n),
-                        (256, 1, 1),
-                        0,
-                    ),
-                )
+                launch(&mut a, cfg(shapes::conv1x1(s.n, s.cout, s.h * s.w)?))
             }
             (3, 1 | 2, 1, false) => {
                 need("conv weight", w.len(), &[s.cout, s.cin, 9])?;
@@ -819,11 +754,8 @@ impl Gpu {
                 for v in &d {
                     a.arg(v);
                 }
-                let z = blocks(s.n * s.cout.div_ceil(4), 1)?;
-                launch(
-                    &mut a,
-                    cfg((blocks(wo, 16)?, blocks(ho, 16)?, z), (16, 16, 1), 0),
-                )
+                let shape = shapes::conv3x3(s.n, s.cout, ho, wo)?;
+                launch(&mut a, cfg(shape))
             }
             (3, 1 | 2, 1, true) if s.cin == s.cout => {
                 need("conv weight", w.len(), &[s.cout, 9])?;
@@ -842,11 +774,8 @@ impl Gpu {
                 for v in &d {
                     a.arg(v);
                 }
-                let z = blocks(s.n * s.cout, 1)?;
-                launch(
-                    &mut a,
-                    cfg((blocks(wo, 16)?, blocks(ho, 16)?, z), (16, 16, 1), 0),
-                )
+                let shape = shapes::dwconv3x3(s.n, s.cout, ho, wo)?;
+                launch(&mut a, cfg(shape))
             }
             _ => Err(NnError::BadShape(format!("no GPU kernel for {s:?}")).into()),
         }
@@ -915,10 +844,7 @@ impl Gpu {
         l.arg(a).arg(w);
         opt(&mut l, bias);
         l.arg(c).arg(&mi).arg(&ni).arg(&ki).arg(&ac);
-        launch(
-            &mut l,
-            cfg((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0),
-        )
+        launch(&mut l, cfg(shapes::gemm(m, n)?))
     }
 
     /// int8 GEMM with per-channel dequantization (dp4a); `k` a multiple of 4.
@@ -951,10 +877,7 @@ impl Gpu {
         l.arg(a).arg(w).arg(scale);
         opt(&mut l, bias);
         l.arg(c).arg(&mi).arg(&ni).arg(&ki);
-        launch(
-            &mut l,
-            cfg((blocks(n, 64)?, blocks(m, 64)?, 1), (256, 1, 1), 0),
-        )
+        launch(&mut l, cfg(shapes::gemm(m, n)?))
     }
 
     /// Masked average pooling of `c × hw` features. Spec: `reference::fewshot::masked_avg_pool`.
@@ -980,7 +903,7 @@ impl Gpu {
             .arg(&ci)
             .arg(&hwi)
             .arg(&eps);
-        launch(&mut a, cfg((blocks(c, 1)?, 1, 1), (256, 1, 1), 0))
+        launch(&mut a, cfg(shapes::masked_avg_pool(c)?))
     }
 
     /// Cosine similarity of `c × hw` features to `np × c` prototypes, output
@@ -999,14 +922,7 @@ impl Gpu {
         need("cosine_sim feat", feat.len(), &[c, hw])?;
         need("cosine_sim protos", protos.len(), &[np, c])?;
         need("cosine_sim out", out.len(), &[np, hw])?;
-        let smem = u32::try_from(8 * c * 4)
-            .ok()
-            .filter(|&b| b <= 48 * 1024)
-            .ok_or(GpuError::TooLarge {
-                what: "cosine_sim channels",
-                value: c,
-                limit: 48 * 1024 / 32,
-            })?;
+        let shape = shapes::cosine_sim(c, hw)?;
         let f = self.kernel("fewshot.cu", "cosine_sim_f32")?;
         let (ci, hwi) = (to_i32("c", c)?, to_i32("hw", hw)?);
         for j0 in (0..np).step_by(8) {
@@ -1021,7 +937,7 @@ impl Gpu {
                 .arg(&hwi)
                 .arg(&chunk)
                 .arg(&eps);
-            launch(&mut a, cfg((blocks(hw, 128)?, 1, 1), (128, 1, 1), smem))?;
+            launch(&mut a, cfg(shape))?;
         }
         Ok(())
     }
