@@ -8,12 +8,16 @@
 //!
 //! * [`prepost`]: LiteMedSAM's pre- and post-processing, bit-exact with the
 //!   original Python (the CPU path of the runtime and the models).
-//! * [`reference`]: the specifications of the kernels (fused pre/post-processing
+//! * [`reference`](mod@reference): the specifications of the kernels (fused pre/post-processing
 //!   from camera frames, building blocks of SAM-style encoders and decoders,
 //!   few-shot heads) and the parity-test tolerance tiers.
 //! * `gpu` (feature `cuda` or `cuda-13000`): NVRTC compilation with an on-disk
 //!   module cache, the CUDA context, and typed launchers. The only `unsafe` code
 //!   of the crate lives there, in the FFI layer.
+//! * [`launch_shapes`]: the grid and block shape of every launch, shared by the
+//!   GPU launchers and the CPU emulation tests (`tests/cpu_emulated.rs`).
+//! * [`module_cache`]: the on-disk cache of compiled modules.
+//! * [`pixfmt`]: capture pixel formats to RGB (the stream path's conversions).
 //! * [`npy`]: a minimal `.npy` reader for golden-file tests.
 #![deny(unsafe_code)]
 

@@ -1,6 +1,7 @@
 //! NVRTC: compiles a kernel source to PTX or CUBIN for one architecture. This
-//! is the FFI layer (the only `unsafe` of the crate, with the driver calls in
-//! [`super::context`]); everything it returns is owned Rust data.
+//! is FFI (with the driver calls in `gpu::context` and the launches in
+//! `gpu::ops`, the only `unsafe` code of the crate); everything it returns is
+//! owned Rust data.
 //!
 //! NVRTC is loaded at run time (cudarc's dynamic loading): the library is found
 //! through the dynamic linker's search path (`LD_LIBRARY_PATH`), by the names
