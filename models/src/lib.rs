@@ -15,6 +15,7 @@
 //! (memory-mapping a safetensors file).
 #![deny(unsafe_code)]
 
+pub mod export;
 pub mod litemedsam;
 pub mod nn;
 pub mod weights;
