@@ -90,8 +90,13 @@ pub struct DemoArgs {
     /// Frames per second of the replay.
     #[arg(long, default_value_t = 25.0)]
     fps: f64,
-    #[command(flatten)]
-    timing: TimingArgs,
+    /// Oldest annotation that may be drawn (capture → composition), ms.
+    #[arg(long, default_value_t = 120)]
+    deadline_ms: u64,
+    /// Watchdog, ms. Longer than `run`'s default because a teacher-sized model
+    /// takes seconds per frame on a CPU; a student fits the 500 ms default.
+    #[arg(long, default_value_t = 10_000)]
+    watchdog_ms: u64,
 }
 
 /// `edgeseg bench-stream`.
@@ -335,7 +340,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     };
     let source = open_source(&input.to_string_lossy(), args.fps)?;
     let sinks = file_sinks(&args.out, args.fps, false)?;
-    let config = stream_config(&args.timing, Some(args.fps), "polyp");
+    let timing = TimingArgs {
+        deadline_ms: args.deadline_ms,
+        watchdog_ms: args.watchdog_ms,
+    };
+    let config = stream_config(&timing, Some(args.fps), "polyp");
     let summary = run_stream(source, chain, PromptSpec::parse(&prompt)?, sinks, config)?;
     print_summary(&summary);
     println!(

@@ -1,10 +1,10 @@
 //! Streaming: frames in, masks and overlays out, video never frozen.
 //!
 //! A [`source::Source`] delivers frames in any supported pixel format; ingest
-//! converts each to RGB in one pass ([`frame`], [`edgeseg_kernels::pixfmt`])
-//! and hands it both to the compositor and to a single-slot latest-frame
-//! [`mailbox`] that feeds the AI worker, so ingest never waits for the AI. The
-//! compositor ([`pipeline`]) emits every frame, drawing the newest annotation
+//! converts each to RGB in one pass ([`frame`], [`edgeseg_kernels::pixfmt`]),
+//! puts it into a single-slot latest-frame [`mailbox`] that feeds the AI
+//! worker (so ingest never waits for the AI), and composes it on the same
+//! thread. The compositor ([`pipeline`]) emits every frame, drawing the newest annotation
 //! with embedded-graphics ([`overlay`]) only while it is fresh, and an "AI
 //! late" / "AI unavailable" / "AI off" indicator otherwise. A supervisor
 //! watches the worker (watchdog, panic recovery, restart) and walks the

@@ -3,12 +3,18 @@
 //! compositor and the sink thread.
 //!
 //! ```text
-//! source ─► ingest thread ──frames──► compositor thread ──outputs──► sink thread
-//!               │ put (never blocks)       ▲ reads the newest annotation
-//!               ▼                          │
-//!        latest-frame mailbox ─► AI worker ┘  ◄── supervisor: watchdog, restart,
-//!                                                fallback chain → AI off
+//! source ─► ingest + compositor (one thread) ──outputs──► sink thread
+//!               │ put (an Arc clone, never blocks)   ▲ reads the newest annotation
+//!               ▼                                    │
+//!        latest-frame mailbox ─► AI worker ──────────┘  ◄── supervisor: watchdog,
+//!                                                          restart, fallback → AI off
 //! ```
+//!
+//! The compositor runs inline on the ingest thread: the video path has no
+//! thread hand-over between capture and emit, only conversion, a copy and the
+//! overlay. The AI worker and the supervisor run at a lower scheduling
+//! priority ([`StreamConfig::ai_nice`]) so that a busy model cannot take the
+//! CPU from the video path.
 //!
 //! Guarantees (each is checked by `runtime/tests/stream_faults.rs`):
 //!
@@ -25,7 +31,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -91,6 +97,11 @@ pub struct StreamConfig {
     /// After the watchdog abandons a hung worker, "AI unavailable" stays up at
     /// least this long (so that it is seen, not flashed for one frame).
     pub unavailable_hold: Duration,
+    /// How much lower than the video path the AI worker thread is scheduled
+    /// (Linux nice increment, 0..=19; 0 leaves it alone). The ingest,
+    /// compositor and sink threads keep the process's priority, so a busy
+    /// model can never slow the pass-through video on a small CPU.
+    pub ai_nice: i32,
 }
 
 impl Default for StreamConfig {
@@ -107,6 +118,7 @@ impl Default for StreamConfig {
             log_events: false,
             queue: 8,
             unavailable_hold: Duration::from_millis(300),
+            ai_nice: 10,
         }
     }
 }
@@ -313,14 +325,39 @@ struct WorkerExit {
     reason: ExitReason,
 }
 
+/// Lowers the calling thread's scheduling priority by `increment` nice levels
+/// (capped at 19). Lowering is always permitted; only Linux is supported.
+pub fn lower_thread_priority(increment: i32) -> Result<(), String> {
+    if increment <= 0 {
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        let now = rustix::process::getpriority_process(Some(tid)).map_err(|e| e.to_string())?;
+        rustix::process::setpriority_process(Some(tid), (now + increment).min(19))
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err("thread priorities are only set on Linux".into())
+    }
+}
+
 fn worker(
     shared: Arc<Shared>,
     generation: u64,
     name: String,
     mut backend: Box<dyn PromptableSegmenter>,
     max_failures: u32,
+    ai_nice: i32,
     exits: Sender<WorkerExit>,
 ) {
+    if let Err(e) = lower_thread_priority(ai_nice) {
+        shared.event(format!(
+            "{name}: could not lower the AI worker's priority: {e}"
+        ));
+    }
     let exit = |reason| {
         let _ = exits.send(WorkerExit { generation, reason });
     };
@@ -442,10 +479,11 @@ impl Supervisor {
                     self.abandon();
                     let (shared, gen) = (Arc::clone(&self.shared), self.generation);
                     let (tx, maxf) = (self.exits_tx.clone(), self.config.max_failures);
+                    let nice = self.config.ai_nice;
                     self.results_at_start = self.shared.counters.results.load(Ordering::SeqCst);
                     let spawned = thread::Builder::new()
                         .name(format!("ai-worker-{gen}"))
-                        .spawn(move || worker(shared, gen, name, backend, maxf, tx));
+                        .spawn(move || worker(shared, gen, name, backend, maxf, nice, tx));
                     match spawned {
                         Ok(_) => return, // detached: a hung worker cannot be joined
                         Err(e) => self.fall_back(&format!("cannot spawn worker: {e}")),
@@ -494,6 +532,12 @@ impl Supervisor {
     }
 
     fn run(mut self) {
+        // Backends are opened here: thread pools they start inherit the lower
+        // priority too. The watchdog only needs to tick every watchdog/5.
+        if let Err(e) = lower_thread_priority(self.config.ai_nice) {
+            self.shared
+                .event(format!("could not lower the AI supervisor's priority: {e}"));
+        }
         if self.chain.is_empty() {
             *lock(&self.shared.state) = AiState::Off;
             self.shared.event("AI off: no backend configured".into());
@@ -551,11 +595,14 @@ enum Item {
     },
 }
 
+/// Reads, converts and hands over every frame: to the AI mailbox first (an
+/// `Arc` clone, never blocking), then to `emit` (the compositor, inline on the
+/// same thread so that no thread hand-over sits in the video path).
 fn ingest(
-    mut source: Box<dyn Source>,
-    shared: Arc<Shared>,
-    tx: SyncSender<Item>,
+    source: &mut dyn Source,
+    shared: &Shared,
     pace: Option<f64>,
+    mut emit: impl FnMut(Item) -> bool,
 ) -> u64 {
     let pace = pace.filter(|f| *f > 0.0 && f.is_finite() && !source.is_live());
     let mut n = 0u64;
@@ -588,12 +635,11 @@ fn ingest(
                                 data,
                             }),
                         });
-                        // Compositor first: the video never waits for the AI.
-                        if tx.send(Item::Frame(Arc::clone(&frame))).is_err() {
-                            break;
-                        }
                         if *lock(&shared.state) != AiState::Off {
-                            shared.mailbox.put(frame);
+                            shared.mailbox.put(Arc::clone(&frame));
+                        }
+                        if !emit(Item::Frame(frame)) {
+                            break;
                         }
                         continue;
                     }
@@ -610,7 +656,7 @@ fn ingest(
                 ingest,
             },
         };
-        if tx.send(item).is_err() {
+        if !emit(item) {
             break;
         }
     }
@@ -889,15 +935,8 @@ pub fn run_stream(
         .spawn(move || supervisor.run())
         .map_err(|e| StreamError::Spawn("supervisor", e))?;
 
-    let (frames_tx, frames_rx) = mpsc::sync_channel::<Item>(config.queue.max(1));
     let (out_tx, out_rx) = mpsc::sync_channel::<Output>(config.queue.max(1));
     let pace = config.pace_fps;
-    let ingest_shared = Arc::clone(&shared);
-    let ingest_thread = thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || ingest(source, ingest_shared, frames_tx, pace))
-        .map_err(|e| StreamError::Spawn("ingest", e))?;
-
     let sink_thread = thread::Builder::new()
         .name("sinks".into())
         .spawn(move || {
@@ -937,16 +976,12 @@ pub fn run_stream(
         last_seen: None,
         last_drawn: None,
     };
-    for item in frames_rx {
+    let mut source = source;
+    let frames_in = ingest(source.as_mut(), &shared, pace, |item| {
         let out = comp.compose(item);
-        if out_tx.send(out).is_err() {
-            break;
-        }
-    }
+        out_tx.send(out).is_ok()
+    });
     drop(out_tx);
-    let frames_in = ingest_thread
-        .join()
-        .map_err(|_| StreamError::Panicked("ingest"))?;
     shared.stop.store(true, Ordering::SeqCst);
     shared.mailbox.close();
     let sink_errors = sink_thread
