@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod bundle;
+pub mod fewshot;
 pub mod prompt;
 pub mod stream;
 

@@ -9,6 +9,7 @@
 
 pub mod dataset;
 pub mod eval;
+pub mod fewshot;
 pub mod grid;
 pub mod keys;
 pub mod litemedsam;

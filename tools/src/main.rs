@@ -14,11 +14,14 @@ use edgeseg_bridge::{host, sim};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use edgeseg_tools::dataset::{read_image2d, CaseImage, Dataset, Split};
+use edgeseg_tools::fewshot::AutoPromptMode;
 use edgeseg_tools::eval::{run_eval, EvalConfig, PromptMode};
 use edgeseg_tools::grid::{BinaryMask, GridBox, Shape};
 use edgeseg_tools::litemedsam::LiteMedSamSegmenter;
 use edgeseg_tools::segmenter::{self, Segmenter};
 use edgeseg_tools::{keys, overlay, teacher};
+
+mod fewshot_cli;
 
 #[derive(Parser)]
 #[command(name = "edgeseg-tools", version, about = "edgeseg offline tools")]
@@ -31,6 +34,12 @@ struct Cli {
 enum Command {
     /// Run a segmenter over a dataset split; write a JSON report and a Markdown summary.
     Eval(Box<EvalArgs>),
+    /// Teach a few-shot prototype set from 1–5 annotated images (teacher embeddings) and
+    /// write it as a prototypes.bin file (optionally signed).
+    Teach(Box<fewshot_cli::TeachArgs>),
+    /// Episodic few-shot evaluation of a dataset split: random supports from some groups,
+    /// queries from the others, 1- and 5-shot, beside the box-prompted teacher.
+    FewshotEpisodes(Box<fewshot_cli::EpisodeArgs>),
     /// Check a dataset folder: parse its manifest and decode every image and mask it lists.
     CheckDataset {
         /// Dataset folder (holding manifest.csv).
@@ -206,15 +215,24 @@ struct EvalArgs {
     /// the box, largest component, holes filled) or litemedsam (the teacher, on candle).
     #[arg(long, default_value = "otsu-box")]
     segmenter: String,
-    /// Weights for --segmenter litemedsam [default: found by `fetch-teacher`'s search order].
+    /// Weights for --segmenter litemedsam and --support [default: found by `fetch-teacher`'s search order].
     #[arg(long)]
     weights: Option<PathBuf>,
     /// A model bundle to evaluate (not available in this build yet).
     #[arg(long)]
     bundle: Option<PathBuf>,
-    /// A few-shot prototype set to evaluate (not available in this build yet).
+    /// A few-shot prototype set (prototypes.bin from `teach`) to evaluate, prompt-free.
     #[arg(long)]
     support: Option<PathBuf>,
+    /// With --support: the final mask is the prototype map alone, or the box derived from
+    /// it through the teacher's mask decoder.
+    #[arg(long, value_enum, default_value = "decoder")]
+    auto_prompt: AutoPromptMode,
+    /// With --support: require the prototype file to be signed by this public key (NAME.pub).
+    #[arg(long)]
+    support_pubkey: Option<PathBuf>,
+    #[command(flatten)]
+    support_prompt: fewshot_cli::PromptArgs,
     /// Evaluate only the first N cases of the split, in manifest order.
     #[arg(long)]
     limit: Option<usize>,
@@ -253,6 +271,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Eval(args) => eval(*args),
+        Command::Teach(args) => fewshot_cli::teach(*args),
+        Command::FewshotEpisodes(args) => fewshot_cli::episodes(*args),
         Command::CheckDataset { dataset } => check_dataset(&dataset),
         Command::Segment(args) => segment(args),
         Command::FetchTeacher { dir, pip } => {
@@ -319,13 +339,6 @@ fn eval(args: EvalArgs) -> Result<()> {
             segmenter::BUILTIN.join("|")
         );
     }
-    if let Some(s) = &args.support {
-        bail!(
-            "--support {}: few-shot prototype sets are not supported by this build yet; use --segmenter {}",
-            s.display(),
-            segmenter::BUILTIN.join("|")
-        );
-    }
     if !(args.box_jitter >= 0.0 && args.box_jitter.is_finite()) {
         bail!(
             "--box-jitter must be a non-negative fraction, got {}",
@@ -335,7 +348,15 @@ fn eval(args: EvalArgs) -> Result<()> {
     if !(args.nsd_tolerance >= 0.0 && args.nsd_tolerance_mm >= 0.0) {
         bail!("NSD tolerances must be non-negative");
     }
-    let mut seg: Box<dyn Segmenter> = if args.segmenter == "litemedsam" {
+    let mut seg: Box<dyn Segmenter> = if let Some(support) = &args.support {
+        Box::new(fewshot_cli::support_segmenter(
+            support,
+            args.support_pubkey.as_deref(),
+            args.weights.as_deref(),
+            args.auto_prompt,
+            args.support_prompt.config(),
+        )?)
+    } else if args.segmenter == "litemedsam" {
         Box::new(load_litemedsam(args.weights.as_deref())?)
     } else {
         segmenter::builtin(&args.segmenter).with_context(|| {
