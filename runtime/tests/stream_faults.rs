@@ -107,11 +107,30 @@ fn config(fps: f64) -> StreamConfig {
     }
 }
 
+/// Injected panics are expected: keep them quiet (printing, and with
+/// RUST_BACKTRACE symbolising, a backtrace per panic takes longer than these
+/// short streams on a loaded machine). Other panics keep the default hook.
+fn quiet_worker_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let worker = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("ai-worker"));
+            if !worker {
+                default(info);
+            }
+        }));
+    });
+}
+
 fn run(
     source: Box<dyn Source>,
     chain: Vec<BackendChoice>,
     config: StreamConfig,
 ) -> (RunSummary, Vec<FrameRecord>) {
+    quiet_worker_panics();
     let records = Arc::new(Mutex::new(Vec::new()));
     let checker = Checker {
         deadline_ms: config.deadline.as_secs_f64() * 1e3,
@@ -210,6 +229,12 @@ fn watchdog_abandons_a_hung_worker_and_recovers_within_a_second() {
 
 #[test]
 fn panics_every_k_frames_are_caught_and_the_worker_restarts() {
+    // The default panic hook runs before `catch_unwind` returns; with
+    // RUST_BACKTRACE set on a loaded machine, symbolising takes longer than the
+    // default watchdog, which would turn the panic into a hang. This test is
+    // about panics, so give the watchdog room.
+    let mut c = config(100.0);
+    c.watchdog = Duration::from_secs(10);
     let (s, _) = run(
         synthetic(150),
         vec![mock_choice(
@@ -217,7 +242,7 @@ fn panics_every_k_frames_are_caught_and_the_worker_restarts() {
             mock("delay=2,panic-every=4"),
             Arc::default(),
         )],
-        config(100.0),
+        c,
     );
     assert!(s.panics >= 3, "{s:?}");
     assert_eq!(

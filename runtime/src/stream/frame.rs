@@ -151,6 +151,56 @@ pub struct Frame {
     pub format: PixelFormat,
     /// The RGB pixels.
     pub image: Arc<RgbImage>,
+    /// Where the pixel buffer goes back when the last holder drops the frame.
+    pub pool: Option<Arc<BufferPool>>,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(img)) = (&self.pool, Arc::get_mut(&mut self.image)) {
+            pool.put(std::mem::take(&mut img.data));
+        }
+    }
+}
+
+/// Recycled frame buffers. Every 1080p frame would otherwise allocate (and
+/// page-fault in) 6 MB twice, which costs more than the conversion itself on
+/// a small or virtualised CPU.
+#[derive(Debug)]
+pub struct BufferPool {
+    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+    max: usize,
+}
+
+impl BufferPool {
+    /// A pool keeping at most `max` idle buffers.
+    pub fn new(max: usize) -> Self {
+        Self {
+            bufs: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    /// A buffer with room for at least `len` bytes (contents unspecified,
+    /// length 0 or a previous frame's length).
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let mut bufs = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+        match bufs.iter().position(|b| b.capacity() >= len) {
+            Some(i) => bufs.swap_remove(i),
+            None => Vec::new(),
+        }
+    }
+
+    /// Returns a buffer for reuse (dropped if the pool is full).
+    pub fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        let mut bufs = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+        if bufs.len() < self.max {
+            bufs.push(buf);
+        }
+    }
 }
 
 fn check_side(id: u64, width: usize, height: usize) -> Result<(), FrameError> {

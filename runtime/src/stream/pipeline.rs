@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::frame::{to_rgb, Frame, FrameError, PixelFormat, RgbImage};
+use super::frame::{to_rgb, BufferPool, Frame, FrameError, PixelFormat, RgbImage};
 use super::mailbox::{Mailbox, Take};
 use super::overlay::{self, Canvas, Indicator, MaskShape, OverlayStyle};
 use super::prompting::{PromptSpec, Prompter, TrackEvent, TrackParams};
@@ -248,6 +248,7 @@ struct Counters {
 
 struct Shared {
     start: Instant,
+    pool: Arc<BufferPool>,
     mailbox: Mailbox<Arc<Frame>>,
     latest: Mutex<Option<Arc<Annotation>>>,
     state: Mutex<AiState>,
@@ -621,7 +622,9 @@ fn ingest(
         n += 1;
         let item = match item {
             Ok(raw) => {
-                let mut data = Vec::new();
+                let mut data = shared
+                    .pool
+                    .take(raw.width.saturating_mul(raw.height).saturating_mul(3));
                 match to_rgb(&raw, &mut data) {
                     Ok((width, height)) => {
                         let frame = Arc::new(Frame {
@@ -634,6 +637,7 @@ fn ingest(
                                 height,
                                 data,
                             }),
+                            pool: Some(Arc::clone(&shared.pool)),
                         });
                         if *lock(&shared.state) != AiState::Off {
                             shared.mailbox.put(Arc::clone(&frame));
@@ -715,7 +719,15 @@ impl Compositor {
         age: Option<Duration>,
     ) -> (RgbImage, Option<Vec<bool>>) {
         let (w, h) = (frame.image.width, frame.image.height);
-        let mut image = RgbImage::clone(&frame.image);
+        let src = &frame.image;
+        let mut data = self.shared.pool.take(src.data.len());
+        data.clear();
+        data.extend_from_slice(&src.data);
+        let mut image = RgbImage {
+            width: w,
+            height: h,
+            data,
+        };
         let mut touched = self.config.record_touched.then(|| vec![false; w * h]);
         // `Canvas::new` only fails on inconsistent sizes, which `to_rgb` rules
         // out; drawing is then skipped rather than panicking.
@@ -902,9 +914,15 @@ pub fn run_stream(
 ) -> Result<RunSummary, StreamError> {
     let shared = Arc::new(Shared {
         start: Instant::now(),
+        pool: Arc::new(BufferPool::new(2 * config.queue.max(1) + 8)),
         mailbox: Mailbox::new(),
         latest: Mutex::new(None),
-        state: Mutex::new(AiState::Running),
+        // Known before any thread starts, so the first frame already says "AI off".
+        state: Mutex::new(if chain.is_empty() {
+            AiState::Off
+        } else {
+            AiState::Running
+        }),
         unavailable_until: Mutex::new(None),
         busy: Mutex::new(None),
         generation: AtomicU64::new(0),
@@ -937,12 +955,13 @@ pub fn run_stream(
 
     let (out_tx, out_rx) = mpsc::sync_channel::<Output>(config.queue.max(1));
     let pace = config.pace_fps;
+    let sink_pool = Arc::clone(&shared.pool);
     let sink_thread = thread::Builder::new()
         .name("sinks".into())
         .spawn(move || {
             let mut errors = 0u64;
             let mut reported = vec![0u32; sinks.len()];
-            for out in out_rx {
+            for mut out in out_rx {
                 for (i, sink) in sinks.iter_mut().enumerate() {
                     if let Err(e) = sink.write(&out) {
                         errors += 1;
@@ -955,6 +974,9 @@ pub fn run_stream(
                             );
                         }
                     }
+                }
+                if let Some(img) = out.image.take() {
+                    sink_pool.put(img.data);
                 }
             }
             for sink in &mut sinks {
