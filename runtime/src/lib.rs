@@ -16,8 +16,10 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod bundle;
 pub mod fewshot;
+pub mod onnx_weights;
 pub mod prompt;
 pub mod stream;
 

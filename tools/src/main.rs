@@ -14,12 +14,12 @@ use edgeseg_bridge::{host, sim};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use edgeseg_tools::dataset::{read_image2d, CaseImage, Dataset, Split};
-use edgeseg_tools::fewshot::AutoPromptMode;
 use edgeseg_tools::eval::{run_eval, EvalConfig, PromptMode};
+use edgeseg_tools::fewshot::AutoPromptMode;
 use edgeseg_tools::grid::{BinaryMask, GridBox, Shape};
 use edgeseg_tools::litemedsam::LiteMedSamSegmenter;
 use edgeseg_tools::segmenter::{self, Segmenter};
-use edgeseg_tools::{keys, overlay, teacher};
+use edgeseg_tools::{bundling, keys, overlay, teacher};
 
 mod fewshot_cli;
 
@@ -82,6 +82,61 @@ enum Command {
         /// Stop after this many seconds (default: run until killed).
         #[arg(long)]
         seconds: Option<u64>,
+    },
+    /// Export a model's image encoder and prompt decoder as ONNX graphs (opset 17) plus a
+    /// draft bundle manifest, into a folder.
+    Export {
+        /// Model architecture (only `litemedsam` today).
+        #[arg(long, default_value = "litemedsam")]
+        model: String,
+        /// Checkpoint (.pth or .safetensors) [default: the LiteMedSAM teacher, found as `eval` finds it].
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Output folder (encoder.onnx, decoder.onnx, manifest.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// Model name recorded in the manifest.
+        #[arg(long, default_value = "litemedsam-teacher")]
+        name: String,
+        /// Model version recorded in the manifest.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+    },
+    /// Build a model bundle from an export folder: graphs, weights in the tensor table,
+    /// manifest, SHA-256s, and an optional Ed25519 signature.
+    Bundle {
+        /// Folder written by `export`.
+        #[arg(long)]
+        graphs: PathBuf,
+        /// Output bundle file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Secret key (NAME.key from `keygen`) to sign with.
+        #[arg(long)]
+        sign: Option<PathBuf>,
+    },
+    /// Verify a bundle and print its manifest, sections and tensors.
+    Inspect {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Require a valid signature by this public key (NAME.pub).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// List every tensor.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Sign (or re-sign) a bundle with a secret key.
+    Sign {
+        /// The bundle to sign (verified first).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Secret key (NAME.key from `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Output file [default: overwrite the input].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Convert a PyTorch checkpoint (.pth) to safetensors (memory-mapped at load time).
     ConvertWeights {
@@ -293,6 +348,68 @@ fn main() -> Result<()> {
                 k.display(),
                 p.display()
             );
+            Ok(())
+        }
+        Command::Export {
+            model,
+            weights,
+            out,
+            name,
+            version,
+        } => {
+            if model != "litemedsam" {
+                bail!("unknown model `{model}` (available: litemedsam)");
+            }
+            let weights = match weights {
+                Some(w) => w,
+                None => teacher::find_teacher()?,
+            };
+            let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+            let s = bundling::export_litemedsam(&weights, &out, &name, &version, &cmd)?;
+            for (g, ops) in &s.ops {
+                let n: usize = ops.iter().map(|(_, c)| c).sum();
+                println!("{g}: {n} nodes");
+                for (op, c) in ops {
+                    println!("  {op:<20} {c}");
+                }
+            }
+            println!("{} parameters", s.parameters);
+            for f in &s.files {
+                println!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Command::Bundle { graphs, out, sign } => {
+            let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+            let s = bundling::build_bundle(&graphs, &out, sign.as_deref(), &cmd)?;
+            println!(
+                "wrote {} ({} bytes; {} tensors, {} bytes of weights){}",
+                out.display(),
+                s.bytes,
+                s.tensors,
+                s.tensor_bytes,
+                if sign.is_some() { ", signed" } else { "" }
+            );
+            Ok(())
+        }
+        Command::Inspect {
+            bundle,
+            pubkey,
+            tensors,
+        } => {
+            print!(
+                "{}",
+                bundling::inspect(&bundle, pubkey.as_deref(), tensors)?
+            );
+            Ok(())
+        }
+        Command::Sign { bundle, key, out } => {
+            let out = out.unwrap_or_else(|| bundle.clone());
+            let tmp = out.with_extension("signing.tmp");
+            bundling::resign(&bundle, &key, &tmp)?;
+            std::fs::rename(&tmp, &out)
+                .with_context(|| format!("moving {} to {}", tmp.display(), out.display()))?;
+            println!("signed {}", out.display());
             Ok(())
         }
         Command::Flash(args) => flash(args),

@@ -10,6 +10,10 @@
 
 use crate::prompt::Prompt;
 
+pub mod cpu;
+
+pub use cpu::TractSegmenter;
+
 /// One RGB8 frame, interleaved `height × width × 3`, row-major, no row padding.
 #[derive(Debug, Clone, Copy)]
 pub struct RgbFrame<'a> {
@@ -163,17 +167,11 @@ impl Default for BackendOptions {
     }
 }
 
-/// Opens the bundle at `path` on the best backend available here.
-///
-/// The tract CPU backend is being written in this session; until it lands this
-/// reports [`BackendError::Unavailable`].
+/// Opens the bundle at `path` on the best backend available here: today the
+/// tract CPU backend (the CUDA backend will be tried first once it exists).
 pub fn open_bundle(
     path: &std::path::Path,
     options: &BackendOptions,
 ) -> Result<Box<dyn PromptableSegmenter>, BackendError> {
-    let _ = options;
-    Err(BackendError::Unavailable(format!(
-        "{}: no backend in this build can run bundles yet",
-        path.display()
-    )))
+    Ok(Box::new(TractSegmenter::open(path, options)?))
 }

@@ -1,0 +1,325 @@
+//! `edgeseg bench`: latency of a bundle on the CPU backend.
+//!
+//! Measures, in one process: cold start (open + verify the bundle, build the
+//! plans, encode the first frame, decode the first mask), encoder latency
+//! (preprocessed input → embedding) and decoder latency (box prompt → mask at
+//! frame size, post-processing included) over `runs` runs after `warmup`
+//! runs, and peak RSS. Optionally the same encoder/decoder graphs as plain
+//! ONNX files run as bare tract plans on the same thread pool, interleaved
+//! with the bundle runs, so that the overhead of the bundle path is a ratio
+//! measured under the same machine noise.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_onnx::prelude::*;
+
+use crate::backend::cpu::TractSegmenter;
+use crate::backend::{BackendError, BackendOptions, PromptableSegmenter, RgbFrame};
+use crate::bundle::Bundle;
+use crate::prompt::{BoxPrompt, Prompt};
+
+/// Latency statistics in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Number of timed runs.
+    pub runs: usize,
+    /// Median.
+    pub median_ms: f64,
+    /// 90th percentile (nearest rank).
+    pub p90_ms: f64,
+    /// 99th percentile (nearest rank).
+    pub p99_ms: f64,
+    /// Fastest run.
+    pub min_ms: f64,
+    /// Slowest run.
+    pub max_ms: f64,
+}
+
+impl Stats {
+    /// Statistics of `samples` (milliseconds); `None` when empty.
+    pub fn of(samples: &[f64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let rank = |q: f64| s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+        Some(Stats {
+            runs: s.len(),
+            median_ms: if s.len() % 2 == 1 {
+                s[s.len() / 2]
+            } else {
+                (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+            },
+            p90_ms: rank(0.9),
+            p99_ms: rank(0.99),
+            min_ms: s[0],
+            max_ms: s[s.len() - 1],
+        })
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// Backend options (threads, signature policy).
+    pub options: BackendOptions,
+    /// Untimed runs before timing.
+    pub warmup: usize,
+    /// Timed runs.
+    pub runs: usize,
+    /// The frame (RGB8) and its size; a synthetic frame when `None`.
+    pub frame: Option<(Vec<u8>, usize, usize)>,
+    /// Box prompt in frame pixels; the central half of the frame when `None`.
+    pub prompt_box: Option<BoxPrompt>,
+    /// Folder with `encoder.onnx`/`decoder.onnx` (an export) to time as bare
+    /// tract plans next to the bundle.
+    pub bare_onnx: Option<PathBuf>,
+}
+
+/// Results of a bench run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Bundle path.
+    pub bundle: String,
+    /// Model name and version from the manifest.
+    pub model: String,
+    /// Worker threads.
+    pub threads: usize,
+    /// Frame size (width, height).
+    pub frame: (usize, usize),
+    /// Open + verify + plans + first frame + first mask, ms.
+    pub cold_start_ms: f64,
+    /// Parts of the cold start, ms.
+    pub cold_start_parts: Vec<(String, f64)>,
+    /// Encoder (preprocessed input → embedding).
+    pub encoder: Stats,
+    /// Decoder (box prompt → mask at frame size).
+    pub decoder: Stats,
+    /// Bare tract plan from plain ONNX, encoder (when requested).
+    pub bare_encoder: Option<Stats>,
+    /// Bare tract plan from plain ONNX, decoder graph only (when requested).
+    pub bare_decoder: Option<Stats>,
+    /// Peak resident set size of the process, bytes (Linux `VmHWM`).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Peak resident set size of this process (Linux only).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// A deterministic synthetic RGB frame (smooth gradients and a bright disc).
+pub fn synthetic_frame(w: usize, h: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(w * h * 3);
+    let (cx, cy, r) = (w as f64 / 2.0, h as f64 / 2.0, w.min(h) as f64 / 4.0);
+    for y in 0..h {
+        for x in 0..w {
+            let d = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt();
+            let base = if d < r {
+                200.0
+            } else {
+                40.0 + 60.0 * (x as f64 / w as f64)
+            };
+            let g = (base + 20.0 * ((y as f64) / 17.0).sin()).clamp(0.0, 255.0) as u8;
+            v.extend([g, g, g]);
+        }
+    }
+    v
+}
+
+struct BarePlans {
+    executor: Executor,
+    encoder: Arc<TypedRunnableModel>,
+    decoder: Arc<TypedRunnableModel>,
+}
+
+fn bare_plans(dir: &Path, threads: usize, emb: &[usize]) -> Result<BarePlans, BackendError> {
+    let un = |e: TractError| BackendError::Unavailable(format!("bare plan: {e:#}"));
+    let executor = if threads == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread_with_name(threads, "edgeseg-bare")
+    };
+    let s = crate::backend::cpu::model_input_size();
+    let enc = tract_onnx::onnx()
+        .model_for_path(dir.join(crate::backend::cpu::ENCODER_GRAPH))
+        .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, s, s]).into()))
+        .map_err(un)?;
+    let dec = tract_onnx::onnx()
+        .model_for_path(dir.join(crate::backend::cpu::DECODER_GRAPH))
+        .and_then(|m| m.with_input_fact(0, f32::fact(emb).into()))
+        .and_then(|m| m.with_input_fact(1, f32::fact([1, 2, 2]).into()))
+        .and_then(|m| m.with_input_fact(2, f32::fact([1, 2]).into()))
+        .map_err(un)?;
+    let (encoder, decoder) = multithread_tract_scope(executor.clone(), || {
+        Ok::<_, TractError>((
+            enc.into_optimized()?.into_runnable()?,
+            dec.into_optimized()?.into_runnable()?,
+        ))
+    })
+    .map_err(un)?;
+    Ok(BarePlans {
+        executor,
+        encoder,
+        decoder,
+    })
+}
+
+/// Runs the benchmark.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
+    let (frame, w, h) = match &cfg.frame {
+        Some((f, w, h)) => (f.clone(), *w, *h),
+        None => (synthetic_frame(640, 480), 640, 480),
+    };
+    let prompt = Prompt::from_box(cfg.prompt_box.unwrap_or(BoxPrompt {
+        x0: w as f32 / 4.0,
+        y0: h as f32 / 4.0,
+        x1: 3.0 * w as f32 / 4.0,
+        y1: 3.0 * h as f32 / 4.0,
+    }));
+
+    // cold start
+    let t0 = Instant::now();
+    let bundle = Bundle::open(&cfg.bundle, &cfg.options.verify)
+        .map_err(|e| BackendError::Unavailable(format!("{}: {e}", cfg.bundle.display())))?;
+    let open_ms = ms(t0);
+    let model = format!(
+        "{} {}",
+        bundle.manifest().model.name,
+        bundle.manifest().model.version
+    );
+    let mut seg = TractSegmenter::from_bundle(&bundle, &cfg.options)?;
+    let plans_ms = ms(t0) - open_ms;
+    let t1 = Instant::now();
+    seg.set_frame(RgbFrame::new(w, h, &frame)?)?;
+    let first_frame_ms = ms(t1);
+    let t2 = Instant::now();
+    seg.segment(&prompt)?;
+    let first_mask_ms = ms(t2);
+    let cold_start_ms = ms(t0);
+    let lt = seg.load_timings().clone();
+    let cold_start_parts = vec![
+        ("open+verify".to_string(), open_ms),
+        ("encoder parse".to_string(), lt.encoder_parse_ms),
+        ("encoder plan".to_string(), lt.encoder_optimize_ms),
+        ("decoder parse".to_string(), lt.decoder_parse_ms),
+        ("decoder plan".to_string(), lt.decoder_optimize_ms),
+        ("plans total".to_string(), plans_ms),
+        ("first frame (pre + encoder)".to_string(), first_frame_ms),
+        ("first mask (decoder + post)".to_string(), first_mask_ms),
+    ];
+
+    let prep = edgeseg_kernels::prepost::preprocess_rgb(&frame, h, w)
+        .map_err(|e| BackendError::InvalidFrame(e.to_string()))?;
+    let emb_shape = {
+        let e = seg
+            .embedding()
+            .ok_or_else(|| BackendError::Inference("no embedding".into()))?;
+        vec![1, e.channels, e.height, e.width]
+    };
+    let bare = match &cfg.bare_onnx {
+        Some(dir) => Some(bare_plans(dir, cfg.options.threads, &emb_shape)?),
+        None => None,
+    };
+    let s = crate::backend::cpu::model_input_size();
+    let input = Tensor::from_shape(&[1, 3, s, s], &prep.input)
+        .map_err(|e| BackendError::Inference(e.to_string()))?;
+    let emb_t: Tensor = {
+        let e = seg
+            .embedding()
+            .ok_or_else(|| BackendError::Inference("no embedding".into()))?;
+        Tensor::from_shape(&emb_shape, e.data)
+            .map_err(|e| BackendError::Inference(e.to_string()))?
+    };
+    let (pc, pl) = seg.sam_points(&prompt)?;
+    let coords = Tensor::from_shape(&[1, pl.len(), 2], &pc)
+        .map_err(|e| BackendError::Inference(e.to_string()))?;
+    let labels = Tensor::from_shape(&[1, pl.len()], &pl)
+        .map_err(|e| BackendError::Inference(e.to_string()))?;
+
+    let mut enc_ms = Vec::new();
+    let mut dec_ms = Vec::new();
+    let mut bare_enc_ms = Vec::new();
+    let mut bare_dec_ms = Vec::new();
+    let inf = |e: TractError| BackendError::Inference(format!("{e:#}"));
+    for i in 0..cfg.warmup + cfg.runs {
+        let timed = i >= cfg.warmup;
+        let t = Instant::now();
+        seg.encode_preprocessed(&prep.input)?;
+        if timed {
+            enc_ms.push(ms(t));
+        }
+        let t = Instant::now();
+        seg.segment(&prompt)?;
+        if timed {
+            dec_ms.push(ms(t));
+        }
+        if let Some(b) = &bare {
+            let t = Instant::now();
+            multithread_tract_scope(b.executor.clone(), || {
+                b.encoder.run(tvec!(input.clone().into()))
+            })
+            .map_err(inf)?;
+            if timed {
+                bare_enc_ms.push(ms(t));
+            }
+            let t = Instant::now();
+            multithread_tract_scope(b.executor.clone(), || {
+                b.decoder.run(tvec!(
+                    emb_t.clone().into(),
+                    coords.clone().into(),
+                    labels.clone().into()
+                ))
+            })
+            .map_err(inf)?;
+            if timed {
+                bare_dec_ms.push(ms(t));
+            }
+        }
+    }
+    let empty = || BackendError::Inference("no timed runs (use --runs ≥ 1)".into());
+    Ok(BenchReport {
+        bundle: cfg.bundle.display().to_string(),
+        model,
+        threads: cfg.options.threads,
+        frame: (w, h),
+        cold_start_ms,
+        cold_start_parts,
+        encoder: Stats::of(&enc_ms).ok_or_else(empty)?,
+        decoder: Stats::of(&dec_ms).ok_or_else(empty)?,
+        bare_encoder: Stats::of(&bare_enc_ms),
+        bare_decoder: Stats::of(&bare_dec_ms),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = Stats::of(&v).unwrap();
+        assert_eq!(s.median_ms, 50.5);
+        assert_eq!(s.p90_ms, 90.0);
+        assert_eq!(s.p99_ms, 99.0);
+        assert_eq!(s.max_ms, 100.0);
+        assert!(Stats::of(&[]).is_none());
+        assert_eq!(Stats::of(&[3.0]).unwrap().p99_ms, 3.0);
+    }
+}
