@@ -85,7 +85,6 @@ fn value_info(name: &str, elem: pb::tensor_proto::DataType, dims: &[Dim]) -> pb:
         name: name.to_string(),
         r#type: Some(tensor_type(elem, dims)),
         doc_string: String::new(),
-        ..Default::default()
     }
 }
 

@@ -104,9 +104,9 @@ impl std::fmt::Debug for TractSegmenter {
 }
 
 fn f32_vec(t: &Tensor) -> Result<Vec<f32>, BackendError> {
-    Ok(t.try_as_plain_ram()
+    t.try_as_plain_ram()
         .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
-        .map_err(inference)?)
+        .map_err(inference)
 }
 
 fn parse_graph(bundle: &Bundle, graph: &str) -> Result<InferenceModel, BackendError> {
