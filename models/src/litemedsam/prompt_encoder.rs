@@ -23,6 +23,7 @@ pub struct PromptEncoder {
 impl PromptEncoder {
     /// Loads the prompt encoder.
     pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
         let dim = cfg.prompt_embed_dim;
         let randn = Init::Randn {
             mean: 0.0,
@@ -163,8 +164,10 @@ impl PromptEncoder {
         Tensor::cat(&parts, 1)
     }
 
-    /// Dense embeddings `B×dim×E×E`: the encoded mask prompt (`B×1×4E×4E` logits)
-    /// or the learned `no_mask_embed` broadcast to the grid.
+    /// Dense embeddings `B×dim×E×E`: the encoded mask prompt (`B×1×4E×4E` logits;
+    /// SAM's downscaler divides by 4, so with more than two decoder upscalings
+    /// this is smaller than the low-res logits) or the learned `no_mask_embed`
+    /// broadcast to the grid.
     pub fn dense(&self, mask: Option<&Tensor>, batch: usize) -> Result<Tensor> {
         match mask {
             Some(m) => {

@@ -1,7 +1,11 @@
 //! TinyViT image encoder as LiteMedSAM configures it (`tiny_vit_sam.py` of the
-//! reference): a non-downsampling stem of two 1×1 Conv+BN with GELU, an MBConv
-//! stage, three windowed-attention stages with patch merging between them
-//! (the last merge has stride 1), and SAM's neck.
+//! reference): a stem of two Conv+BN with GELU between, an MBConv stage, three
+//! windowed-attention stages with patch merging between them (the last merge
+//! has stride 1), and SAM's neck.
+//!
+//! The teacher's stem is two 1×1 convolutions that do not downsample; the
+//! students' (`LiteMedSamConfig::stem_stride` 2 or 4) are MobileSAM's 3×3
+//! stride-2 convolutions, with the same tensor names.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -39,7 +43,9 @@ fn conv_bn(
     )
 }
 
-/// `PatchEmbed`: Conv2d_BN(3→d/2, 1×1) → GELU → Conv2d_BN(d/2→d, 1×1).
+/// `PatchEmbed`: Conv2d_BN(3→d/2) → GELU → Conv2d_BN(d/2→d); 1×1 convolutions
+/// for the teacher, 3×3 strided ones for `stem_stride` 2 / 4
+/// ([`LiteMedSamConfig::stem_convs`]).
 #[derive(Debug, Clone)]
 struct PatchEmbed {
     c1: Conv2dBn,
@@ -47,10 +53,17 @@ struct PatchEmbed {
 }
 
 impl PatchEmbed {
-    fn new(vb: VarBuilder, c_in: usize, dim: usize, mode: Mode) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        dim: usize,
+        cfg: &LiteMedSamConfig,
+        mode: Mode,
+    ) -> Result<Self> {
+        let [(k1, s1), (k2, s2)] = cfg.stem_convs();
         Ok(Self {
-            c1: conv_bn(vb.pp("seq.0"), c_in, dim / 2, 1, 1, 1, mode, true)?,
-            c2: conv_bn(vb.pp("seq.2"), dim / 2, dim, 1, 1, 1, mode, false)?,
+            c1: conv_bn(vb.pp("seq.0"), c_in, dim / 2, k1, s1, 1, mode, true)?,
+            c2: conv_bn(vb.pp("seq.2"), dim / 2, dim, k2, s2, 1, mode, false)?,
         })
     }
 
@@ -373,7 +386,8 @@ impl VitBlock {
     }
 }
 
-/// The TinyViT image encoder: `B×3×S×S` → `B×neck×(S/4)×(S/4)`.
+/// The TinyViT image encoder: `B×3×S×S` → `B×D×E×E`
+/// (E = [`LiteMedSamConfig::embedding_size`], S/4 for the teacher).
 #[derive(Debug, Clone)]
 pub struct TinyVit {
     patch_embed: PatchEmbed,
@@ -390,9 +404,10 @@ pub struct TinyVit {
 impl TinyVit {
     /// Builds the encoder from the tensors under `vb` (`image_encoder.*`).
     pub fn new(vb: VarBuilder, cfg: &LiteMedSamConfig, mode: Mode) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
         let d = cfg.embed_dims;
-        let patch_embed = PatchEmbed::new(vb.pp("patch_embed"), 3, d[0], mode)?;
-        let mut res = cfg.img_size;
+        let patch_embed = PatchEmbed::new(vb.pp("patch_embed"), 3, d[0], cfg, mode)?;
+        let mut res = cfg.img_size / cfg.stem_stride;
         let l0 = vb.pp("layers.0");
         let mbconv = (0..cfg.depths[0])
             .map(|i| {
