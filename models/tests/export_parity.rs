@@ -3,7 +3,9 @@
 //!
 //! * A tiny LiteMedSAM-architecture model with deterministic pseudo-random
 //!   weights (BatchNorm statistics, attention biases and norms included, so
-//!   every folding done at export is exercised) runs by default, in seconds.
+//!   every folding done at export is exercised) runs by default, in seconds;
+//!   so do the tiny student configuration (stride-4 3×3 stem, three decoder
+//!   upscalings) and a stride-2 stem variant.
 //! * The released teacher runs on one golden input when `shared/` is present
 //!   (skipped with a message otherwise).
 
@@ -32,7 +34,10 @@ impl Rng {
 }
 
 fn random_tiny() -> (LiteMedSam, TensorMap, LiteMedSamConfig) {
-    let cfg = LiteMedSamConfig::tiny();
+    random_model(LiteMedSamConfig::tiny())
+}
+
+fn random_model(cfg: LiteMedSamConfig) -> (LiteMedSam, TensorMap, LiteMedSamConfig) {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     LiteMedSam::new(vb, &cfg, Mode::Inference).expect("build tiny model");
@@ -228,6 +233,49 @@ fn tiny_model_export_matches_candle() {
     let mut rng = Rng(42);
     let image: Vec<f32> = (0..3 * s * s).map(|_| rng.next().abs()).collect();
     check_model(&model, &graphs, &image, &prompts(s as f32));
+}
+
+#[test]
+fn tiny_student_export_matches_candle() {
+    let (model, map, cfg) = random_model(LiteMedSamConfig::tiny_student());
+    assert_eq!((cfg.stem_stride, cfg.decoder_upscales), (4, 3));
+    let graphs = export_litemedsam(&map, &cfg, "random").unwrap();
+    let s = cfg.img_size;
+    let mut rng = Rng(7);
+    let image: Vec<f32> = (0..3 * s * s).map(|_| rng.next().abs()).collect();
+    check_model(&model, &graphs, &image, &prompts(s as f32));
+}
+
+#[test]
+fn stride2_stem_export_matches_candle() {
+    // 16 → 8 (stem) → 4 → 2 (merges) → 2·2³ = 16 low-res
+    let cfg = LiteMedSamConfig {
+        stem_stride: 2,
+        decoder_upscales: 3,
+        ..LiteMedSamConfig::tiny()
+    };
+    let (model, map, cfg) = random_model(cfg);
+    let graphs = export_litemedsam(&map, &cfg, "random").unwrap();
+    let s = cfg.img_size;
+    let mut rng = Rng(11);
+    let image: Vec<f32> = (0..3 * s * s).map(|_| rng.next().abs()).collect();
+    check_model(&model, &graphs, &image, &prompts(s as f32));
+}
+
+#[test]
+fn invalid_config_is_an_error_not_a_panic() {
+    let (_, map, _) = random_tiny();
+    let cfg = LiteMedSamConfig {
+        stem_stride: 3,
+        ..LiteMedSamConfig::tiny()
+    };
+    let err = export_litemedsam(&map, &cfg, "ckpt.pth")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stem_stride 3"), "{err}");
+    let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+    let err = LiteMedSam::new(vb, &cfg, Mode::Inference).unwrap_err();
+    assert!(err.to_string().contains("stem_stride 3"), "{err}");
 }
 
 #[test]

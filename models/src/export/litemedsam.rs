@@ -1,6 +1,8 @@
 //! ONNX export of LiteMedSAM (and any model with its architecture and another
-//! [`LiteMedSamConfig`]): the image encoder as one graph and the prompt
-//! encoder + mask decoder as another, written from the checkpoint tensors.
+//! [`LiteMedSamConfig`], such as the distilled students with a strided 3×3
+//! stem and extra decoder upscalings): the image encoder as one graph and the
+//! prompt encoder + mask decoder as another, written from the checkpoint
+//! tensors. The configuration is validated first.
 //!
 //! The graphs compute exactly what the candle modules compute (see
 //! `litemedsam::{tiny_vit, prompt_encoder, mask_decoder}`), with everything
@@ -16,7 +18,8 @@
 //!
 //! Decoder graph: `image_embeddings` `1×D×E×E`, `point_coords` `1×N×2` and
 //! `point_labels` `1×N` in model-input coordinates (the S×S space) →
-//! `low_res_logits` `1×4×4E×4E` and `iou_predictions` `1×4`. Labels follow
+//! `low_res_logits` `1×4×L×L` (L = E·2^`decoder_upscales` = S) and
+//! `iou_predictions` `1×4`. Labels follow
 //! SAM's ONNX convention: 1 foreground point, 0 background point, 2 box
 //! top-left corner, 3 box bottom-right corner, −1 padding point (needed when
 //! there is no box, exactly as SAM's prompt encoder appends it). Output 0 is
@@ -41,7 +44,8 @@ pub mod names {
     pub const POINT_COORDS: &str = "point_coords";
     /// Decoder input: point labels (SAM convention).
     pub const POINT_LABELS: &str = "point_labels";
-    /// Decoder output: mask logits at 4× the embedding resolution.
+    /// Decoder output: mask logits at the input resolution
+    /// (2^`decoder_upscales` × the embedding's).
     pub const LOW_RES_LOGITS: &str = "low_res_logits";
     /// Decoder output: predicted IoU per mask.
     pub const IOU_PREDICTIONS: &str = "iou_predictions";
@@ -393,6 +397,13 @@ fn patch_merging(
     )
 }
 
+fn check_config(cfg: &LiteMedSamConfig, source: &str) -> Result<(), ModelError> {
+    cfg.validate().map_err(|msg| ModelError::Checkpoint {
+        path: source.to_string(),
+        msg,
+    })
+}
+
 fn weights<'a>(map: &'a TensorMap, source: &str) -> Weights<'a> {
     Weights {
         map,
@@ -407,6 +418,7 @@ pub fn export_encoder(
     cfg: &LiteMedSamConfig,
     source: &str,
 ) -> Result<pb::ModelProto, ModelError> {
+    check_config(cfg, source)?;
     let mut w = weights(map, source);
     let w = &mut w;
     let mut g = GraphBuilder::new();
@@ -415,6 +427,7 @@ pub fn export_encoder(
     let s = cfg.img_size;
     let x = g.input_f32(names::IMAGE, &[1.into(), 3.into(), s.into(), s.into()]);
     let p = "image_encoder";
+    let [(k1, s1), (k2, s2)] = cfg.stem_convs();
     let x = conv_bn(
         g,
         w,
@@ -422,8 +435,8 @@ pub fn export_encoder(
         &x,
         3,
         d[0] / 2,
-        1,
-        1,
+        k1,
+        s1,
         1,
         true,
     )?;
@@ -434,8 +447,8 @@ pub fn export_encoder(
         &x,
         d[0] / 2,
         d[0],
-        1,
-        1,
+        k2,
+        s2,
         1,
         false,
     )?;
@@ -448,7 +461,7 @@ pub fn export_encoder(
         let y = g.add(&y, &x);
         x = g.gelu(&y);
     }
-    let mut res = s;
+    let mut res = s / cfg.stem_stride;
     let y = patch_merging(
         g,
         w,
@@ -611,6 +624,7 @@ pub fn export_decoder(
     cfg: &LiteMedSamConfig,
     source: &str,
 ) -> Result<pb::ModelProto, ModelError> {
+    check_config(cfg, source)?;
     let mut w = weights(map, source);
     let w = &mut w;
     let mut g = GraphBuilder::new();
@@ -768,7 +782,8 @@ pub fn export_decoder(
     let queries = g.add(&queries, &a);
     let hs = layer_norm(g, w, &format!("{t}.norm_final_attn"), &queries, d, 1e-5)?;
 
-    // upscaling: two 2×2 stride-2 transposed convolutions
+    // upscaling: 2×2 stride-2 transposed convolutions, SAM's two (D → D/4 →
+    // D/8) and D/8 → D/8 for each further one (Sequential indices 5, 7, …)
     let up = "mask_decoder.output_upscaling";
     let (d4, d8) = (d / 4, d / 8);
     let w1 = w.get(&format!("{up}.0.weight"), &[d, d4, 2, 2])?;
@@ -793,7 +808,14 @@ pub fn export_decoder(
     let u = layer_norm_2d(g, w, &format!("{up}.1"), &u, d4, 1e-6)?;
     let u = g.gelu(&u);
     let u = g.scoped(&format!("{up}.3"), |g| convt(g, &u, &w2, &b2, d4, d8));
-    let u = g.gelu(&u);
+    let mut u = g.gelu(&u);
+    for i in 2..cfg.decoder_upscales {
+        let name = format!("{up}.{}", 2 * i + 1);
+        let wi = w.get(&format!("{name}.weight"), &[d8, d8, 2, 2])?;
+        let bi = w.get(&format!("{name}.bias"), &[d8])?;
+        let y = g.scoped(&name, |g| convt(g, &u, &wi, &bi, d8, d8));
+        u = g.gelu(&y);
+    }
 
     // hypernetwork MLPs, one per mask token
     let mut hyper = Vec::with_capacity(nm);
@@ -811,7 +833,7 @@ pub fn export_decoder(
     }
     let hyper_refs: Vec<&str> = hyper.iter().map(|s| s.as_str()).collect();
     let hyper = g.op("Concat", &hyper_refs, &[("axis", Attr::Int(1))]); // 1×nm×D/8
-    let e4 = (4 * e) as i64;
+    let e4 = cfg.low_res_size() as i64;
     let uf = g.reshape(&u, &[1, d8 as i64, e4 * e4]);
     let masks = g.op("MatMul", &[&hyper, &uf], &[]);
     let masks = g.reshape(&masks, &[1, nm as i64, e4, e4]);
@@ -825,7 +847,7 @@ pub fn export_decoder(
     dims.push(nm);
     let iou = sam_mlp(g, w, "mask_decoder.iou_prediction_head", &iou_tok, &dims)?;
     let iou = g.reshape(&iou, &[1, nm as i64]);
-    let e4u = 4 * e;
+    let e4u = cfg.low_res_size();
     g.output_f32(
         &masks,
         names::LOW_RES_LOGITS,
