@@ -1,8 +1,10 @@
 //! Export of our models to ONNX graphs, written from Rust with the ONNX
 //! protobuf types (no Python): [`onnx`] is the graph builder, [`litemedsam`]
 //! the exporter of the LiteMedSAM architecture (teacher, and any model built
-//! with its modules and another configuration).
+//! with its modules and another configuration, such as the distilled
+//! students), [`cost`] the FLOP count of exported graphs.
 
+pub mod cost;
 pub mod litemedsam;
 pub mod onnx;
 
