@@ -308,7 +308,9 @@ impl TractSegmenter {
                 out.len()
             )));
         }
-        let s = 4 * self.embedding_shape[2];
+        // low-res logits at the model input size, whatever the embedding grid
+        // (students upscale a smaller embedding by more than SAM's 4×)
+        let s = self.input_size;
         let logits = &out[0];
         let iou = &out[1];
         let k = iou.shape().get(1).copied().unwrap_or(0);
