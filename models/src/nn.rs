@@ -569,6 +569,8 @@ fn conv_forward(
         w2.broadcast_left(bsz)?
             .matmul(&x.reshape((bsz, g.c_in, h * wd))?)?
             .reshape((bsz, g.c_out, h, wd))?
+    } else if g.is_depthwise() {
+        depthwise_conv_shifted(x, w, g)?
     } else {
         x.conv2d(w, g.pad, g.stride, 1, g.groups)?
     };
@@ -577,6 +579,53 @@ fn conv_forward(
         (None, Some(b)) => y.broadcast_add(&b.reshape((1, g.c_out, 1, 1))?),
         (None, None) => Ok(y),
     }
+}
+
+/// A depthwise convolution (`groups == c_in == c_out`) as a sum of `k²` shifted,
+/// per-channel-scaled views of the zero-padded input, every step differentiable.
+///
+/// candle's grouped `conv2d` runs one convolution per group (and as many in the
+/// backward pass), which made a training step of a student spend most of its time
+/// in its depthwise layers; this form is one pass over the tensor per kernel tap.
+/// Strides above 1 subsample the stride-1 result.
+pub fn depthwise_conv_shifted(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    let (bsz, c, h, wd) = x.dims4()?;
+    let k = g.k;
+    let xp = x
+        .pad_with_zeros(2, g.pad, g.pad)?
+        .pad_with_zeros(3, g.pad, g.pad)?;
+    let (ph, pw) = (h + 2 * g.pad, wd + 2 * g.pad);
+    if ph < k || pw < k || g.stride == 0 {
+        candle_core::bail!("depthwise conv: {h}x{wd} input, kernel {k}, pad {}", g.pad);
+    }
+    let (oh1, ow1) = (ph - k + 1, pw - k + 1);
+    let mut acc: Option<Tensor> = None;
+    for i in 0..k {
+        for j in 0..k {
+            let tap = w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?;
+            let term = xp
+                .narrow(2, i, oh1)?
+                .narrow(3, j, ow1)?
+                .broadcast_mul(&tap)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+    }
+    let y = acc.ok_or_else(|| candle_core::Error::Msg("depthwise conv: empty kernel".into()))?;
+    let s = g.stride;
+    if s == 1 {
+        return Ok(y);
+    }
+    let (oh, ow) = (oh1.div_ceil(s), ow1.div_ceil(s));
+    let y = y
+        .pad_with_zeros(2, 0, oh * s - oh1)?
+        .pad_with_zeros(3, 0, ow * s - ow1)?;
+    y.reshape((bsz, c, oh, s, ow, s))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((bsz, c, oh, ow))
 }
 
 /// A plain convolution with bias (PyTorch `nn.Conv2d`, `weight` and `bias`).
@@ -998,6 +1047,61 @@ impl Module for Mlp {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shifted_depthwise_matches_grouped_conv2d_and_its_gradient() {
+        for (h, w, k, stride) in [
+            (9, 7, 3, 1),
+            (8, 8, 3, 2),
+            (7, 9, 3, 2),
+            (6, 5, 5, 1),
+            (5, 5, 1, 1),
+        ] {
+            let c = 4;
+            let g = ConvGeom {
+                c_in: c,
+                c_out: c,
+                k,
+                stride,
+                pad: k / 2,
+                groups: c,
+            };
+            let x = candle_core::Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, (2, c, h, w), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let wt = candle_core::Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, (c, 1, k, k), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let want = x.conv2d(&wt, g.pad, stride, 1, c).unwrap();
+            let got = depthwise_conv_shifted(&x, &wt, &g).unwrap();
+            assert_eq!(want.dims(), got.dims(), "{h}x{w} k{k} s{stride}");
+            let d = (&want - &got).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                d.to_scalar::<f32>().unwrap() < 1e-4,
+                "{h}x{w} k{k} s{stride}"
+            );
+            let gw = want.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gg = got.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &wt] {
+                let a = gw.get(v.as_tensor()).unwrap();
+                let b = gg.get(v.as_tensor()).unwrap();
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    d.to_scalar::<f32>().unwrap() <= 1e-4 * scale.max(1.0),
+                    "gradient {h}x{w} k{k} s{stride}"
+                );
+            }
+        }
+    }
+
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
