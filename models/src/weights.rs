@@ -72,14 +72,27 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, ModelError> {
     candle_core::safetensors::load_buffer(&map, &Device::Cpu).map_err(|e| checkpoint_err(path, e))
 }
 
+/// A read-only memory map of a whole file (the type [`map_file_readonly`] returns).
+pub use memmap2::Mmap;
+
+/// Maps a whole file read-only, for large write-once data files such as the
+/// distillation teacher cache. The caller must not let the file be truncated or
+/// rewritten while the map lives (see the `SAFETY` note of the crate's one
+/// `unsafe` block).
+pub fn map_file_readonly(path: &Path) -> std::io::Result<Mmap> {
+    let file = std::fs::File::open(path)?;
+    mmap_readonly(&file)
+}
+
 /// The only `unsafe` of the crate: mapping a file read-only.
 #[allow(unsafe_code)]
 fn mmap_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the map is read-only and lives only while `read_safetensors`
-    // copies the tensors out of it. memmap2 requires that the file is not
-    // truncated or modified by another process meanwhile; a checkpoint being
-    // rewritten while it is loaded is outside what we support (as for any
-    // mmap-based loader), and no reference into the map outlives this load.
+    // SAFETY: the map is read-only. memmap2 requires that the file is not
+    // truncated or modified by another process while mapped. Checkpoints are
+    // copied out of the map during one load; teacher caches are written once by
+    // their builder (which finishes before any reader maps them) and never
+    // rewritten in place. Rewriting a mapped file concurrently is outside what
+    // we support (as for any mmap-based loader).
     unsafe { memmap2::Mmap::map(file) }
 }
 
