@@ -223,6 +223,17 @@ impl TractSegmenter {
         self.threads
     }
 
+    /// The square model input side (from the bundle manifest).
+    pub fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    /// The image embedding's `[channels, height, width]`.
+    pub fn embedding_dims(&self) -> [usize; 3] {
+        let [_, c, h, w] = self.embedding_shape;
+        [c, h, w]
+    }
+
     fn decoder_for(&mut self, n: usize) -> Result<&mut PlanState, BackendError> {
         if !self.decoders.contains_key(&n) {
             let [_, d, e1, e2] = self.embedding_shape;
