@@ -43,17 +43,22 @@ pub struct ExportSummary {
 pub fn export_litemedsam(
     weights: &Path,
     out_dir: &Path,
+    cfg: &LiteMedSamConfig,
     name: &str,
     version: &str,
     command: &str,
 ) -> Result<ExportSummary> {
     let map = edgeseg_models::weights::read_checkpoint(weights)
         .with_context(|| format!("reading {}", weights.display()))?;
-    let cfg = LiteMedSamConfig::litemedsam();
-    let graphs = export_graphs(&map, &cfg, &weights.display().to_string())?;
+    let graphs = export_graphs(&map, cfg, &weights.display().to_string())?;
     let parameters: u64 = map
         .iter()
-        .filter(|(k, t)| t.dtype().is_float() && !k.ends_with("num_batches_tracked"))
+        // training-only tensors (BatchNorm counters, the distillation adapter) are not exported
+        .filter(|(k, t)| {
+            t.dtype().is_float()
+                && !k.ends_with("num_batches_tracked")
+                && !k.starts_with(crate::distill::train::ADAPTER_PREFIX)
+        })
         .map(|(_, t)| t.elem_count() as u64)
         .sum();
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -69,7 +74,7 @@ pub fn export_litemedsam(
         ops.push((file.to_string(), onnx::op_histogram(model)));
         files.push(p);
     }
-    let manifest = litemedsam_manifest(&cfg, name, version, parameters, weights, command);
+    let manifest = litemedsam_manifest(cfg, name, version, parameters, weights, command);
     let p = out_dir.join(DRAFT_MANIFEST);
     std::fs::write(&p, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("writing {}", p.display()))?;

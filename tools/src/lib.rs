@@ -9,6 +9,7 @@
 
 pub mod bundling;
 pub mod dataset;
+pub mod distill;
 pub mod eval;
 pub mod fewshot;
 pub mod grid;

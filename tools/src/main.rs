@@ -21,6 +21,7 @@ use edgeseg_tools::litemedsam::LiteMedSamSegmenter;
 use edgeseg_tools::segmenter::{self, Segmenter};
 use edgeseg_tools::{bundling, keys, overlay, teacher};
 
+mod distill_cli;
 mod fewshot_cli;
 
 #[derive(Parser)]
@@ -40,6 +41,12 @@ enum Command {
     /// Episodic few-shot evaluation of a dataset split: random supports from some groups,
     /// queries from the others, 1- and 5-shot, beside the box-prompted teacher.
     FewshotEpisodes(Box<fewshot_cli::EpisodeArgs>),
+    /// Distil a student from the teacher: `cache` the teacher's outputs once, then `train`
+    /// stage 1 (embedding) and stage 2 (prompted masks).
+    Distill {
+        #[command(subcommand)]
+        command: distill_cli::DistillCommand,
+    },
     /// Check a dataset folder: parse its manifest and decode every image and mask it lists.
     CheckDataset {
         /// Dataset folder (holding manifest.csv).
@@ -89,6 +96,10 @@ enum Command {
         /// Model architecture (only `litemedsam` today).
         #[arg(long, default_value = "litemedsam")]
         model: String,
+        /// Architecture configuration: `litemedsam` (the teacher), a student preset
+        /// (edge-s, edge-m, tiny-student) or a JSON config file.
+        #[arg(long, default_value = "litemedsam")]
+        config: String,
         /// Checkpoint (.pth or .safetensors) [default: the LiteMedSAM teacher, found as `eval` finds it].
         #[arg(long)]
         weights: Option<PathBuf>,
@@ -327,6 +338,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Eval(args) => eval(*args),
         Command::Teach(args) => fewshot_cli::teach(*args),
+        Command::Distill { command } => distill_cli::run(command),
         Command::FewshotEpisodes(args) => fewshot_cli::episodes(*args),
         Command::CheckDataset { dataset } => check_dataset(&dataset),
         Command::Segment(args) => segment(args),
@@ -352,6 +364,7 @@ fn main() -> Result<()> {
         }
         Command::Export {
             model,
+            config,
             weights,
             out,
             name,
@@ -365,7 +378,8 @@ fn main() -> Result<()> {
                 None => teacher::find_teacher()?,
             };
             let cmd = std::env::args().collect::<Vec<_>>().join(" ");
-            let s = bundling::export_litemedsam(&weights, &out, &name, &version, &cmd)?;
+            let cfg = distill_cli::student_config(&config)?;
+            let s = bundling::export_litemedsam(&weights, &out, &cfg, &name, &version, &cmd)?;
             for (g, ops) in &s.ops {
                 let n: usize = ops.iter().map(|(_, c)| c).sum();
                 println!("{g}: {n} nodes");
