@@ -210,6 +210,63 @@ impl Student {
         })
     }
 
+    /// Re-draws every randomly initialised variable from a generator seeded by
+    /// `seed` and the variable's name (candle's CPU random generator cannot be
+    /// seeded, so without this two runs with the same seed would start from
+    /// different weights). Constant-initialised variables (norm scales, biases,
+    /// BatchNorm statistics) are left as they are. Embedding tables and SAM's
+    /// Gaussian positional-encoding matrix get N(0, 1) (as in SAM); other random
+    /// matrices and kernels Kaiming-normal N(0, 2/fan_in); random vectors
+    /// (biases candle initialises uniformly) zero.
+    pub fn reseed(&self, seed: u64) -> Result<(), DistillError> {
+        use rand_distr::{Distribution, StandardNormal};
+        let data =
+            self.vars.data().lock().map_err(|_| {
+                DistillError::Train("variable map poisoned by an earlier panic".into())
+            })?;
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &data[name];
+            let v = var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(cerr)?;
+            if v.windows(2).all(|w| w[0] == w[1]) {
+                continue; // constant initialisation
+            }
+            let dims = var.dims();
+            let table = name.ends_with("positional_encoding_gaussian_matrix")
+                || name.contains("embed")
+                || name.contains("token");
+            let sd = if table {
+                1.0
+            } else if dims.len() >= 2 {
+                let fan_in: usize = dims[1..].iter().product();
+                (2.0 / fan_in.max(1) as f64).sqrt()
+            } else {
+                0.0
+            };
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            sha2::Digest::update(&mut h, seed.to_le_bytes());
+            sha2::Digest::update(&mut h, name.as_bytes());
+            let d = sha2::Digest::finalize(h);
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&d);
+            let mut rng = ChaCha8Rng::from_seed(key);
+            let fresh: Vec<f32> = (0..v.len())
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    (sd * z) as f32
+                })
+                .collect();
+            let t = Tensor::from_vec(fresh, var.shape(), &Device::Cpu).map_err(cerr)?;
+            var.set(&t).map_err(cerr)?;
+        }
+        Ok(())
+    }
+
     /// Sets every variable from a safetensors file; all must be present with
     /// their shapes (tensors the file has beyond them are ignored).
     pub fn load(&self, path: &Path) -> Result<(), DistillError> {
@@ -248,7 +305,13 @@ impl Student {
             })?;
         let mut v: Vec<(String, Var)> = data
             .iter()
-            .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+            // buffers, not parameters: BatchNorm statistics and SAM's fixed random
+            // Fourier features of the positional encoding
+            .filter(|(n, _)| {
+                !n.ends_with("running_mean")
+                    && !n.ends_with("running_var")
+                    && !n.ends_with("positional_encoding_gaussian_matrix")
+            })
             .filter(|(n, _)| match stage {
                 Stage::Embedding => {
                     n.starts_with("image_encoder.") || n.starts_with(ADAPTER_PREFIX)
@@ -581,8 +644,9 @@ pub fn train(
         student.load(&paths.weights)?;
         st
     } else {
-        if let Some(p) = init {
-            student.load(p)?;
+        match init {
+            Some(p) => student.load(p)?,
+            None => student.reseed(cfg.seed)?,
         }
         TrainState {
             config: cfg.clone(),
@@ -755,6 +819,28 @@ mod tests {
             .sum::<f64>()
             / 5.0;
         assert!((got as f64 - want).abs() < 1e-4, "{got} vs {want}");
+    }
+
+    #[test]
+    fn reseeded_students_are_identical_and_seeds_differ() {
+        let cfg = LiteMedSamConfig::tiny_student();
+        let weights = |seed: u64| -> Vec<(String, Vec<f32>)> {
+            let s = Student::new(&cfg, 16).unwrap();
+            s.reseed(seed).unwrap();
+            let data = s.vars.data().lock().unwrap();
+            let mut v: Vec<(String, Vec<f32>)> = data
+                .iter()
+                .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let (a, b, c) = (weights(7), weights(7), weights(8));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // norm scales stay at their constant initialisation
+        let ln = a.iter().find(|(k, _)| k.ends_with("bn.weight")).unwrap();
+        assert!(ln.1.iter().all(|&x| x == 1.0));
     }
 
     #[test]
