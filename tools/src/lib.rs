@@ -7,6 +7,7 @@
 //! bundling, signing and flashing will join them here.
 #![forbid(unsafe_code)]
 
+pub mod bundle_segmenter;
 pub mod bundling;
 pub mod dataset;
 pub mod distill;

@@ -13,6 +13,7 @@ use edgeseg_bridge::device::PinnedKey;
 use edgeseg_bridge::{host, sim};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use edgeseg_tools::bundle_segmenter::BundleSegmenter;
 use edgeseg_tools::dataset::{read_image2d, CaseImage, Dataset, Split};
 use edgeseg_tools::eval::{run_eval, EvalConfig, PromptMode};
 use edgeseg_tools::fewshot::AutoPromptMode;
@@ -284,9 +285,15 @@ struct EvalArgs {
     /// Weights for --segmenter litemedsam and --support [default: found by `fetch-teacher`'s search order].
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// A model bundle to evaluate (not available in this build yet).
+    /// A model bundle to evaluate on the runtime's CPU backend (tract), box-prompted.
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// With --bundle: the name reports give it [default: the bundle's file stem].
+    #[arg(long)]
+    name: Option<String>,
+    /// With --bundle: tract worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
     /// A few-shot prototype set (prototypes.bin from `teach`) to evaluate, prompt-free.
     #[arg(long)]
     support: Option<PathBuf>,
@@ -463,13 +470,6 @@ fn progress(len: usize, what: &str) -> ProgressBar {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    if let Some(b) = &args.bundle {
-        bail!(
-            "--bundle {}: model bundles are not supported by this build yet (the bundle format arrives with the CPU runtime); use --segmenter {}",
-            b.display(),
-            segmenter::BUILTIN.join("|")
-        );
-    }
     if !(args.box_jitter >= 0.0 && args.box_jitter.is_finite()) {
         bail!(
             "--box-jitter must be a non-negative fraction, got {}",
@@ -479,7 +479,21 @@ fn eval(args: EvalArgs) -> Result<()> {
     if !(args.nsd_tolerance >= 0.0 && args.nsd_tolerance_mm >= 0.0) {
         bail!("NSD tolerances must be non-negative");
     }
-    let mut seg: Box<dyn Segmenter> = if let Some(support) = &args.support {
+    let mut seg: Box<dyn Segmenter> = if let Some(bundle) = &args.bundle {
+        let name = args.name.clone().unwrap_or_else(|| {
+            bundle
+                .file_stem()
+                .map_or("bundle".into(), |s| s.to_string_lossy().into_owned())
+        });
+        let mut options = edgeseg_runtime::backend::BackendOptions::default();
+        if let Some(t) = args.threads {
+            if t == 0 {
+                bail!("--threads must be at least 1");
+            }
+            options.threads = t;
+        }
+        Box::new(BundleSegmenter::open(bundle, name, &options)?)
+    } else if let Some(support) = &args.support {
         Box::new(fewshot_cli::support_segmenter(
             support,
             args.support_pubkey.as_deref(),
@@ -518,7 +532,8 @@ fn eval(args: EvalArgs) -> Result<()> {
     if let Some(dir) = &args.save_masks {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let bar = progress(n, &format!("{} on {}", seg.name(), dataset.name()));
+    let seg_name = seg.name().to_string();
+    let bar = progress(n, &format!("{seg_name} on {}", dataset.name()));
     let mut save_error: Option<anyhow::Error> = None;
     let report = run_eval(
         &dataset,
@@ -536,13 +551,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             }
         },
     )
-    .with_context(|| {
-        format!(
-            "evaluating {} on {}",
-            args.segmenter,
-            args.dataset.display()
-        )
-    })?;
+    .with_context(|| format!("evaluating {} on {}", seg_name, args.dataset.display()))?;
     bar.finish_and_clear();
     if let Some(e) = save_error {
         return Err(e);

@@ -263,5 +263,34 @@ fn distill_pipeline_learns_on_fixtures() {
         .unwrap();
     assert_eq!((m.width, m.height), (w, h));
 
+    // and is evaluated through that same runtime path by `eval --bundle`
+    let report = tmp.join("student-eval.json");
+    tools(&[
+        "eval",
+        "--bundle",
+        &s(&sb),
+        "--name",
+        "smoke-student",
+        "--threads",
+        "1",
+        "--dataset",
+        &s(&repo().join("fixtures/sample2d")),
+        "--split",
+        "test",
+        "--out",
+        &s(&report),
+    ]);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["segmenter"], "smoke-student");
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        assert_eq!(c["status"], "ok", "{c}");
+        let d = c["metrics"]["dice"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&d), "{c}");
+    }
+    assert!(tmp.join("student-eval.md").is_file());
+
     let _ = std::fs::remove_dir_all(&tmp);
 }
