@@ -22,6 +22,8 @@ use edgeseg_runtime::bundle::{
     Normalization, OutputSpec, PromptKind, Provenance, VerifyPolicy,
 };
 use edgeseg_runtime::onnx_weights;
+
+use crate::distill::provenance::{TrainingProvenance, PROVENANCE_FILE};
 use prost::Message;
 use tract_onnx::pb;
 
@@ -74,7 +76,20 @@ pub fn export_litemedsam(
         ops.push((file.to_string(), onnx::op_histogram(model)));
         files.push(p);
     }
-    let manifest = litemedsam_manifest(cfg, name, version, parameters, weights, command);
+    let training = if *cfg == LiteMedSamConfig::litemedsam() {
+        None
+    } else {
+        TrainingProvenance::read_beside(weights)?
+    };
+    let manifest = litemedsam_manifest(
+        cfg,
+        name,
+        version,
+        parameters,
+        weights,
+        command,
+        training.as_ref(),
+    );
     let p = out_dir.join(DRAFT_MANIFEST);
     std::fs::write(&p, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("writing {}", p.display()))?;
@@ -93,10 +108,12 @@ fn litemedsam_manifest(
     parameters: u64,
     weights: &Path,
     command: &str,
+    training: Option<&TrainingProvenance>,
 ) -> Manifest {
     let e = cfg.embedding_size() as u64;
     let d = cfg.prompt_embed_dim as u64;
     let k = (cfg.num_multimask_outputs + 1) as u64;
+    let low = cfg.low_res_size() as u64;
     let mut details = BTreeMap::new();
     let j = |v: serde_json::Value| v;
     details.insert("embed_dims".into(), j(serde_json::json!(cfg.embed_dims)));
@@ -152,17 +169,33 @@ fn litemedsam_manifest(
             ),
             f32o(
                 "low_res_logits",
-                vec![Some(1), Some(k), Some(4 * e), Some(4 * e)],
+                vec![Some(1), Some(k), Some(low), Some(low)],
                 "mask logits in the padded input frame; index 0 is the single-mask output",
             ),
             f32o("iou_predictions", vec![Some(1), Some(k)], "predicted IoU per mask"),
         ],
         quantization: BTreeMap::new(),
-        provenance: Provenance {
-            teacher: None,
-            training_data: vec!["LiteMedSAM release (bowang-lab/MedSAM, LiteMedSAM branch), trained by its authors".into()],
-            commands: vec![command.to_string()],
-            metrics: BTreeMap::new(),
+        provenance: match training {
+            Some(t) => Provenance {
+                teacher: Some(t.teacher.clone()),
+                training_data: t.training_data.clone(),
+                commands: t.commands.iter().cloned().chain([command.to_string()]).collect(),
+                metrics: BTreeMap::new(),
+            },
+            None if *cfg == LiteMedSamConfig::litemedsam() => Provenance {
+                teacher: None,
+                training_data: vec!["LiteMedSAM release (bowang-lab/MedSAM, LiteMedSAM branch), trained by its authors".into()],
+                commands: vec![command.to_string()],
+                metrics: BTreeMap::new(),
+            },
+            None => Provenance {
+                teacher: None,
+                training_data: vec![format!(
+                    "unknown: no {PROVENANCE_FILE} beside the weights"
+                )],
+                commands: vec![command.to_string()],
+                metrics: BTreeMap::new(),
+            },
         },
         sections: Vec::new(),
         extra: BTreeMap::from([(

@@ -11,6 +11,7 @@ use edgeseg_runtime::backend::BackendOptions;
 use edgeseg_runtime::bundle::{hex, Bundle, VerifyPolicy};
 use edgeseg_tools::dataset::Split;
 use edgeseg_tools::distill::cache::{self, CacheBuildConfig, TeacherCache};
+use edgeseg_tools::distill::provenance::TrainingProvenance;
 use edgeseg_tools::distill::train::{self, LossWeights, RunPaths, Stage, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -238,6 +239,9 @@ fn train_stage(a: TrainArgs) -> Result<()> {
         cache.header.teacher_name,
         &cache.header.teacher_sha256[..12.min(cache.header.teacher_sha256.len())]
     );
+    let paths = RunPaths::new(&a.out, stage);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    TrainingProvenance::for_run(&cache, init.as_deref(), &command)?.write_beside(&paths.weights)?;
     let pb = bar(0, "training");
     let state = train::train(&cfg, &cache, &a.out, init.as_deref(), |row, total| {
         pb.set_length(total as u64);
@@ -248,7 +252,6 @@ fn train_stage(a: TrainArgs) -> Result<()> {
         ));
     })?;
     pb.finish();
-    let paths = RunPaths::new(&a.out, stage);
     println!(
         "{} steps in {:.0} s; weights {}; loss curve {} and {}",
         state.step,

@@ -14,6 +14,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use edgeseg_models::{LiteMedSam, LiteMedSamConfig, Mode};
 use edgeseg_runtime::backend::{BackendOptions, PromptableSegmenter, RgbFrame, TractSegmenter};
+use edgeseg_runtime::bundle::{Bundle, VerifyPolicy};
 use edgeseg_runtime::{BoxPrompt, Prompt};
 
 fn repo() -> PathBuf {
@@ -243,6 +244,29 @@ fn distill_pipeline_learns_on_fixtures() {
     ]);
     let sb = tmp.join("student.esb");
     tools(&["bundle", "--graphs", &s(&sg), "--out", &s(&sb)]);
+    // its manifest says where it came from: teacher, training data, every command
+    let bundle = Bundle::open(&sb, &VerifyPolicy::default()).unwrap();
+    let prov = &bundle.manifest().provenance;
+    assert!(
+        prov.teacher
+            .as_deref()
+            .is_some_and(|t| t.contains("sha256")),
+        "{prov:?}"
+    );
+    assert!(
+        prov.training_data.iter().any(|d| d.contains("train: ")),
+        "{prov:?}"
+    );
+    let stages: Vec<_> = prov
+        .commands
+        .iter()
+        .filter(|c| c.contains("distill train"))
+        .collect();
+    assert_eq!(stages.len(), 2, "{prov:?}");
+    assert!(stages[0].contains("--stage 1") && stages[1].contains("--stage 2"));
+    assert!(prov.commands.iter().any(|c| c.contains(" export ")));
+    assert!(prov.commands.iter().any(|c| c.contains(" bundle ")));
+    drop(bundle);
     let mut seg = TractSegmenter::open(&sb, &BackendOptions::default()).unwrap();
     let img = image::open(repo().join("fixtures/sample2d/images/cvc_375.png"))
         .unwrap()

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod plot;
+pub mod provenance;
 pub mod train;
 
 use std::path::PathBuf;
