@@ -422,6 +422,7 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> DistillError {
 }
 
 struct CacheWriter {
+    _lock: super::DirLock,
     bin: File,
     bin_path: PathBuf,
     jsonl: File,
@@ -434,6 +435,7 @@ struct CacheWriter {
 impl CacheWriter {
     fn create_or_resume(dir: &Path, header: &CacheHeader) -> Result<Self, DistillError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock = super::DirLock::acquire(dir)?;
         let header_path = dir.join("cache.json");
         let bin_path = dir.join("records.bin");
         let jsonl_path = dir.join("records.jsonl");
@@ -486,6 +488,7 @@ impl CacheWriter {
             .map(|m| (m.dataset.clone(), m.case.clone()))
             .collect();
         Ok(Self {
+            _lock: lock,
             bin,
             bin_path,
             jsonl,

@@ -629,6 +629,7 @@ pub fn train(
     let paths = RunPaths::new(run_dir, cfg.stage);
     let dir = paths.weights.parent().unwrap_or(run_dir).to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|e| ferr(&dir, e))?;
+    let _lock = super::DirLock::acquire(&dir)?;
 
     let student = Student::new(&cfg.student, cache.header.embedding[0])?;
     let mut state = if paths.state.is_file() {
