@@ -234,6 +234,57 @@ fn px(y: u8, c: (i32, i32, i32)) -> [u8; 3] {
     ]
 }
 
+/// Pixel pairs per block of the YUYV path.
+const YUYV_BLOCK: usize = 16;
+
+/// `YUYV_BLOCK` pixel pairs (`4 × YUYV_BLOCK` bytes) to RGB: the same arithmetic as
+/// [`chroma`] and [`px`], written as fixed-length lane loops over planar
+/// temporaries (deinterleave, compute, interleave) so that the compiler emits SIMD
+/// for the arithmetic; the per-pixel form does not vectorise.
+#[inline(always)]
+fn yuyv_block(i: &[u8], o: &mut [u8]) {
+    const N: usize = YUYV_BLOCK;
+    let (Some(i), Some(o)) = (i.get(..4 * N), o.get_mut(..6 * N)) else {
+        return;
+    };
+    let mut y0 = [0i32; N];
+    let mut y1 = [0i32; N];
+    let mut u = [0i32; N];
+    let mut v = [0i32; N];
+    for k in 0..N {
+        y0[k] = i32::from(i[4 * k]);
+        u[k] = i32::from(i[4 * k + 1]);
+        y1[k] = i32::from(i[4 * k + 2]);
+        v[k] = i32::from(i[4 * k + 3]);
+    }
+    let (mut cr, mut cg, mut cb) = ([0i32; N], [0i32; N], [0i32; N]);
+    for k in 0..N {
+        let (uu, vv) = (u[k].wrapping_sub(128), v[k].wrapping_sub(128));
+        cr[k] = CVR.wrapping_mul(vv).wrapping_add(HALF20);
+        cg[k] = CVG
+            .wrapping_mul(vv)
+            .wrapping_add(CUG.wrapping_mul(uu))
+            .wrapping_add(HALF20);
+        cb[k] = CUB.wrapping_mul(uu).wrapping_add(HALF20);
+        y0[k] = y0[k].wrapping_sub(16).max(0).wrapping_mul(CY);
+        y1[k] = y1[k].wrapping_sub(16).max(0).wrapping_mul(CY);
+    }
+    let mut rgb = [[0u8; 6]; N];
+    for k in 0..N {
+        rgb[k] = [
+            sat20(y0[k].wrapping_add(cr[k])),
+            sat20(y0[k].wrapping_add(cg[k])),
+            sat20(y0[k].wrapping_add(cb[k])),
+            sat20(y1[k].wrapping_add(cr[k])),
+            sat20(y1[k].wrapping_add(cg[k])),
+            sat20(y1[k].wrapping_add(cb[k])),
+        ];
+    }
+    for (dst, px) in o.chunks_exact_mut(6).zip(rgb.iter()) {
+        dst.copy_from_slice(px);
+    }
+}
+
 /// Converts one BT.601 limited-range `Y Cb Cr` sample to `[R, G, B]`.
 ///
 /// This is OpenCV's fixed-point conversion (`cv2.cvtColor` with
@@ -280,7 +331,16 @@ pub fn to_rgb(
             }
         }
         RawFormat::Yuyv => {
-            for (o, i) in dst.chunks_exact_mut(6).zip(src.chunks_exact(4)) {
+            let blocks = src.len() / (4 * YUYV_BLOCK);
+            let (src_blocks, src_tail) = src.split_at(blocks * 4 * YUYV_BLOCK);
+            let (dst_blocks, dst_tail) = dst.split_at_mut(blocks * 6 * YUYV_BLOCK);
+            for (o, i) in dst_blocks
+                .chunks_exact_mut(6 * YUYV_BLOCK)
+                .zip(src_blocks.chunks_exact(4 * YUYV_BLOCK))
+            {
+                yuyv_block(i, o);
+            }
+            for (o, i) in dst_tail.chunks_exact_mut(6).zip(src_tail.chunks_exact(4)) {
                 let c = chroma(i[1], i[3]);
                 let (a, b) = (px(i[0], c), px(i[2], c));
                 (o[0], o[1], o[2]) = (a[0], a[1], a[2]);
@@ -424,6 +484,56 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The blocked YUYV path equals the per-pixel conversion bit for bit, for frames
+        /// with and without a partial block, and every byte value.
+        #[test]
+        fn yuyv_blocks_match_per_pixel(w2 in 1usize..40, h in 1usize..4, seed in 0u64..u64::MAX) {
+            let (w, n) = (2 * w2, 2 * w2 * h);
+            let mut x = seed | 1;
+            let src: Vec<u8> = (0..2 * n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            let mut out = vec![0; 3 * n];
+            to_rgb(RawFormat::Yuyv, w, h, &src, &mut out).unwrap();
+            for (p, i) in src.chunks_exact(4).enumerate() {
+                let a = ycbcr_to_rgb(i[0], i[1], i[3]);
+                let b = ycbcr_to_rgb(i[2], i[1], i[3]);
+                proptest::prop_assert_eq!(&out[6 * p..6 * p + 3], &a[..]);
+                proptest::prop_assert_eq!(&out[6 * p + 3..6 * p + 6], &b[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn yuyv_extremes_match_per_pixel() {
+        // every (Y, Cb, Cr) corner, in full blocks
+        let vals = [0u8, 15, 16, 128, 235, 240, 255];
+        let mut src = Vec::new();
+        for &y in &vals {
+            for &u in &vals {
+                for &v in &vals {
+                    src.extend_from_slice(&[y, u, 255 - y, v]);
+                }
+            }
+        }
+        while src.len() % (4 * YUYV_BLOCK) != 0 {
+            src.extend_from_slice(&[16, 128, 235, 128]);
+        }
+        let n = src.len() / 2;
+        let mut out = vec![0; 3 * n];
+        to_rgb(RawFormat::Yuyv, n, 1, &src, &mut out).unwrap();
+        for (p, i) in src.chunks_exact(4).enumerate() {
+            assert_eq!(out[6 * p..6 * p + 3], ycbcr_to_rgb(i[0], i[1], i[3]));
+            assert_eq!(out[6 * p + 3..6 * p + 6], ycbcr_to_rgb(i[2], i[1], i[3]));
         }
     }
 
