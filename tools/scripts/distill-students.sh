@@ -7,15 +7,15 @@
 #   tools/scripts/distill-students.sh [STUDENT ...]        (default: edge-s)
 #
 # Environment: EDGESEG_SHARED (default ../shared), DISTILL_DIR (default target/distill),
-# EPOCHS1 / EPOCHS2 (default 6 / 8), THREADS (tract/candle threads per process; default 1
+# EPOCHS1 / EPOCHS2 (default 5 / 6), THREADS (tract/candle threads per process; default 1
 # when several students train side by side, else all cores), VERSION (default 0.1.0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SHARED=${EDGESEG_SHARED:-../shared}
 W=${DISTILL_DIR:-target/distill}
-EPOCHS1=${EPOCHS1:-6}
-EPOCHS2=${EPOCHS2:-8}
+EPOCHS1=${EPOCHS1:-5}
+EPOCHS2=${EPOCHS2:-6}
 VERSION=${VERSION:-0.1.0}
 STUDENTS=("${@:-edge-s}")
 DATASETS=(cvc_clinicdb ddti_thyroid_us hc18_fetal_us)
