@@ -39,6 +39,64 @@ def session(path, threads):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def profile(path, threads, feeds, warmup, runs, top):
+    """Per-op-type and per-node times (medians over `runs` runs) from ORT's profiler."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), "ort-prof-%d-%s" % (os.getpid(), os.path.basename(path))
+    )
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    walls = []
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        s.run(None, feeds)
+        if i >= warmup:
+            walls.append((time.perf_counter() - t) * 1e3)
+    prof = s.end_profiling()
+    with open(prof) as f:
+        events = json.load(f)
+    os.remove(prof)
+    # one "model_run" event per run; node kernel events in between
+    runs_ev = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    first_timed = runs_ev[warmup] if len(runs_ev) > warmup else 0
+    per_node = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if e["ts"] < first_timed:
+            continue
+        key = (e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?"))
+        per_node.setdefault(key, []).append(e["dur"] / 1e3)
+    nodes = [
+        {"name": k[0], "op": k[1], "median_ms": float(np.median(v)) * len(v) / runs}
+        for k, v in per_node.items()
+    ]
+    total = sum(n["median_ms"] for n in nodes)
+    ops = {}
+    for n in nodes:
+        n["share"] = n["median_ms"] / total if total else 0.0
+        o = ops.setdefault(n["op"], {"op": n["op"], "nodes": 0, "ms": 0.0, "share": 0.0})
+        o["nodes"] += 1
+        o["ms"] += n["median_ms"]
+        o["share"] += n["share"]
+    nodes.sort(key=lambda n: -n["median_ms"])
+    by_op = sorted(ops.values(), key=lambda o: -o["ms"])
+    name = os.path.basename(path)
+    print("ORT profile %s: wall median %.1f ms (profiled), nodes %.1f ms" % (name, np.median(walls), total))
+    for o in by_op[:top]:
+        print("  %-28s %5d %10.2f %6.1f%%" % (o["op"], o["nodes"], o["ms"], 100 * o["share"]))
+    print("  slowest nodes:")
+    for n in nodes[:top]:
+        print("  %9.2f ms %5.1f%%  %-22s %s" % (n["median_ms"], 100 * n["share"], n["op"], n["name"]))
+    return {"graph": name, "runs": runs, "wall_median_ms": float(np.median(walls)),
+            "nodes_ms": total, "by_op": by_op, "nodes": nodes}
+
+
 def rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
@@ -51,6 +109,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--golden", help="a shared/golden/litemedsam/<case> folder for parity")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the encoder and decoder with ONNX Runtime's profiler (--runs runs "
+        "after --warmup, after the latency runs): time per op type and per node",
+    )
+    ap.add_argument("--profile-top", type=int, default=15, help="op types and nodes to print")
     a = ap.parse_args()
 
     enc = session(os.path.join(a.graphs, "encoder.onnx"), a.threads)
@@ -75,6 +140,15 @@ def main():
             dec_ms.append(d)
     report["encoder"] = stats(enc_ms)
     report["decoder"] = stats(dec_ms)
+
+    if a.profile:
+        report["profile"] = [
+            profile(os.path.join(a.graphs, "encoder.onnx"), a.threads, {"image": x},
+                    a.warmup, a.runs, a.profile_top),
+            profile(os.path.join(a.graphs, "decoder.onnx"), a.threads,
+                    {"image_embeddings": emb, "point_coords": coords, "point_labels": labels},
+                    a.warmup, a.runs, a.profile_top),
+        ]
 
     if a.golden:
         g = a.golden

@@ -17,9 +17,10 @@ use serde::Serialize;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
-use crate::backend::cpu::TractSegmenter;
+use crate::backend::cpu::{optimized, TractSegmenter};
 use crate::backend::{BackendError, BackendOptions, PromptableSegmenter, RgbFrame};
 use crate::bundle::Bundle;
+use crate::profile::{profile_plan, PlanProfile};
 use crate::prompt::{BoxPrompt, Prompt};
 
 /// Latency statistics in milliseconds.
@@ -81,6 +82,15 @@ pub struct BenchConfig {
     /// Folder with `encoder.onnx`/`decoder.onnx` (an export) to time as bare
     /// tract plans next to the bundle.
     pub bare_onnx: Option<PathBuf>,
+    /// Build the bare plans of `bare_onnx` with edgeseg's fused ops
+    /// (`backend::tract_ops`), as the backend does; without them, the
+    /// bundle/bare ratio measures the fusion.
+    pub bare_fused: bool,
+    /// Also profile the bundle's encoder and decoder plans node by node
+    /// (`runs` runs after `warmup`, after the latency runs).
+    pub profile: bool,
+    /// Profile the plans without edgeseg's fused ops too.
+    pub profile_unfused: bool,
 }
 
 /// Results of a bench run.
@@ -108,6 +118,8 @@ pub struct BenchReport {
     pub bare_decoder: Option<Stats>,
     /// Peak resident set size of the process, bytes (Linux `VmHWM`).
     pub peak_rss_bytes: Option<u64>,
+    /// Per-node profiles of the encoder and decoder plans (when requested).
+    pub profile: Vec<PlanProfile>,
 }
 
 /// Peak resident set size of this process (Linux only).
@@ -147,7 +159,12 @@ struct BarePlans {
     decoder: Arc<TypedRunnableModel>,
 }
 
-fn bare_plans(dir: &Path, threads: usize, emb: &[usize]) -> Result<BarePlans, BackendError> {
+fn bare_plans(
+    dir: &Path,
+    threads: usize,
+    emb: &[usize],
+    fused: bool,
+) -> Result<BarePlans, BackendError> {
     let un = |e: TractError| BackendError::Unavailable(format!("bare plan: {e:#}"));
     let executor = if threads == 1 {
         Executor::SingleThread
@@ -167,8 +184,46 @@ fn bare_plans(dir: &Path, threads: usize, emb: &[usize]) -> Result<BarePlans, Ba
         .map_err(un)?;
     let (encoder, decoder) = multithread_tract_scope(executor.clone(), || {
         Ok::<_, TractError>((
-            enc.into_optimized()?.into_runnable()?,
-            dec.into_optimized()?.into_runnable()?,
+            optimized(enc, fused)?.into_runnable()?,
+            optimized(dec, fused)?.into_runnable()?,
+        ))
+    })
+    .map_err(un)?;
+    Ok(BarePlans {
+        executor,
+        encoder,
+        decoder,
+    })
+}
+
+/// Encoder and decoder (box prompt) plans built from the bundle's graphs
+/// exactly as [`TractSegmenter`] builds them, for profiling.
+fn bundle_plans(
+    bundle: &Bundle,
+    threads: usize,
+    emb: &[usize],
+    fused: bool,
+) -> Result<BarePlans, BackendError> {
+    use crate::backend::cpu::{parse_graph, DECODER_GRAPH, ENCODER_GRAPH};
+    let un = |e: TractError| BackendError::Unavailable(format!("profile plan: {e:#}"));
+    let executor = if threads == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread_with_name(threads, "edgeseg-prof")
+    };
+    let s = crate::backend::cpu::model_input_size();
+    let enc = parse_graph(bundle, ENCODER_GRAPH)?
+        .with_input_fact(0, f32::fact([1, 3, s, s]).into())
+        .map_err(un)?;
+    let dec = parse_graph(bundle, DECODER_GRAPH)?
+        .with_input_fact(0, f32::fact(emb).into())
+        .and_then(|m| m.with_input_fact(1, f32::fact([1, 2, 2]).into()))
+        .and_then(|m| m.with_input_fact(2, f32::fact([1, 2]).into()))
+        .map_err(un)?;
+    let (encoder, decoder) = multithread_tract_scope(executor.clone(), || {
+        Ok::<_, TractError>((
+            optimized(enc, fused)?.into_runnable()?,
+            optimized(dec, fused)?.into_runnable()?,
         ))
     })
     .map_err(un)?;
@@ -232,7 +287,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
         vec![1, e.channels, e.height, e.width]
     };
     let bare = match &cfg.bare_onnx {
-        Some(dir) => Some(bare_plans(dir, cfg.options.threads, &emb_shape)?),
+        Some(dir) => Some(bare_plans(
+            dir,
+            cfg.options.threads,
+            &emb_shape,
+            cfg.bare_fused,
+        )?),
         None => None,
     };
     let s = crate::backend::cpu::model_input_size();
@@ -291,6 +351,44 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
             }
         }
     }
+    let mut profile = Vec::new();
+    if cfg.profile {
+        drop(bare);
+        let variants: &[(bool, &str)] = if cfg.profile_unfused {
+            &[(true, ""), (false, " (tract ops only)")]
+        } else {
+            &[(true, "")]
+        };
+        for &(fused, tag) in variants {
+            let p = bundle_plans(&bundle, cfg.options.threads, &emb_shape, fused)?;
+            profile.push(
+                profile_plan(
+                    &format!("encoder{tag}"),
+                    &p.encoder,
+                    &p.executor,
+                    tvec!(input.clone().into()),
+                    cfg.warmup,
+                    cfg.runs,
+                )
+                .map_err(inf)?,
+            );
+            profile.push(
+                profile_plan(
+                    &format!("decoder{tag}"),
+                    &p.decoder,
+                    &p.executor,
+                    tvec!(
+                        emb_t.clone().into(),
+                        coords.clone().into(),
+                        labels.clone().into()
+                    ),
+                    cfg.warmup,
+                    cfg.runs,
+                )
+                .map_err(inf)?,
+            );
+        }
+    }
     let empty = || BackendError::Inference("no timed runs (use --runs ≥ 1)".into());
     Ok(BenchReport {
         bundle: cfg.bundle.display().to_string(),
@@ -304,6 +402,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
         bare_encoder: Stats::of(&bare_enc_ms),
         bare_decoder: Stats::of(&bare_dec_ms),
         peak_rss_bytes: peak_rss_bytes(),
+        profile,
     })
 }
 

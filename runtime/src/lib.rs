@@ -20,6 +20,7 @@ pub mod bench;
 pub mod bundle;
 pub mod fewshot;
 pub mod onnx_weights;
+pub mod profile;
 pub mod prompt;
 pub mod stream;
 

@@ -104,6 +104,20 @@ struct BenchArgs {
     /// Also time the plain ONNX graphs of this export folder as bare tract plans.
     #[arg(long)]
     bare_onnx: Option<PathBuf>,
+    /// Build the --bare-onnx plans without edgeseg's fused ops (plain tract),
+    /// so that the bundle/bare ratio measures them.
+    #[arg(long)]
+    bare_unfused: bool,
+    /// With --profile: also profile the plans without edgeseg's fused ops.
+    #[arg(long)]
+    profile_unfused: bool,
+    /// Also profile the bundle's encoder and decoder plans node by node
+    /// (after the latency runs, same run counts); printed, and in the JSON.
+    #[arg(long)]
+    profile: bool,
+    /// With --profile: how many op types and nodes to print.
+    #[arg(long, default_value_t = 15)]
+    profile_top: usize,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -237,6 +251,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         frame,
         prompt_box: a.bbox,
         bare_onnx: a.bare_onnx.clone(),
+        bare_fused: !a.bare_unfused,
+        profile: a.profile,
+        profile_unfused: a.profile_unfused,
     };
     let r = bench::run(&cfg)?;
     println!(
@@ -267,6 +284,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     if let Some(b) = r.peak_rss_bytes {
         println!("peak RSS: {:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    }
+    for p in &r.profile {
+        print!("{}", p.summary(a.profile_top, a.profile_top));
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&r)?)

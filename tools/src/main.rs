@@ -211,6 +211,10 @@ struct SegmentArgs {
     /// The model.
     #[arg(long, default_value = "litemedsam")]
     model: String,
+    /// Architecture configuration: `litemedsam` (the teacher), a student preset (edge-s,
+    /// edge-m, tiny-student) or a JSON config file; anything but the teacher needs --weights.
+    #[arg(long, default_value = "litemedsam")]
+    config: String,
     /// Weights (.pth or .safetensors) [default: found by `fetch-teacher`'s search order].
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -610,11 +614,28 @@ fn segment(args: SegmentArgs) -> Result<()> {
             bail!("--box {:?} lies outside the {w}x{h} image", b);
         }
     }
-    let seg = load_litemedsam(args.weights.as_deref())?;
+    let cfg = distill_cli::student_config(&args.config)?;
+    let model = if cfg == edgeseg_models::LiteMedSamConfig::litemedsam() {
+        load_litemedsam(args.weights.as_deref())?.model().clone()
+    } else {
+        let w = args.weights.as_deref().with_context(|| {
+            format!(
+                "--config {} needs --weights (a trained checkpoint)",
+                args.config
+            )
+        })?;
+        let map = edgeseg_models::weights::read_checkpoint(w)
+            .with_context(|| format!("reading {}", w.display()))?;
+        edgeseg_models::LiteMedSam::from_tensors(
+            map,
+            &cfg,
+            edgeseg_models::Mode::Inference,
+            &w.display().to_string(),
+        )?
+    };
     let rgb = image.to_rgb();
     let start = std::time::Instant::now();
-    let result = seg
-        .model()
+    let result = model
         .segment(&rgb, h, w, args.r#box, &args.points)
         .context("segmenting")?;
     let ms = start.elapsed().as_secs_f64() * 1e3;

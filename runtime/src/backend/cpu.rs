@@ -109,16 +109,25 @@ fn f32_vec(t: &Tensor) -> Result<Vec<f32>, BackendError> {
         .map_err(inference)
 }
 
-fn parse_graph(bundle: &Bundle, graph: &str) -> Result<InferenceModel, BackendError> {
+pub(crate) fn parse_graph(bundle: &Bundle, graph: &str) -> Result<InferenceModel, BackendError> {
     let proto = onnx_weights::load_graph(bundle, graph).map_err(unavailable)?;
     tract_onnx::onnx()
         .model_for_proto_model(&proto)
         .map_err(|e| unavailable(format!("tract cannot load graph `{graph}`: {e:#}")))
 }
 
+/// tract's optimized model of `model`, with edgeseg's own ops patched in when
+/// `fused` (see [`super::tract_ops`]).
+pub(crate) fn optimized(model: InferenceModel, fused: bool) -> TractResult<TypedModel> {
+    let mut m = model.into_optimized()?;
+    if fused {
+        super::tract_ops::fuse_row_softmax(&mut m)?;
+    }
+    Ok(m)
+}
+
 fn optimize(model: InferenceModel, graph: &str) -> Result<PlanState, BackendError> {
-    let plan: Plan = model
-        .into_optimized()
+    let plan: Plan = optimized(model, true)
         .and_then(|m| m.into_runnable())
         .map_err(|e| unavailable(format!("tract cannot plan graph `{graph}`: {e:#}")))?;
     plan.spawn()

@@ -11,6 +11,7 @@
 use crate::prompt::Prompt;
 
 pub mod cpu;
+pub mod tract_ops;
 
 pub use cpu::TractSegmenter;
 
