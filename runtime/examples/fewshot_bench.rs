@@ -74,6 +74,7 @@ fn main() {
         name: "synthetic".into(),
         version: "1".into(),
         weights_sha256: None,
+        encoder_sha256: None,
         channels: C as u32,
         grid_height: G as u32,
         grid_width: G as u32,

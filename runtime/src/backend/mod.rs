@@ -123,6 +123,11 @@ pub trait PromptableSegmenter: Send {
     fn embedding(&self) -> Option<Embedding<'_>> {
         None
     }
+    /// Which model's embedding space [`Self::embedding`] lives in (what a
+    /// prototype set taught on it records); `None` when unknown.
+    fn embedding_id(&self) -> Option<crate::fewshot::EmbeddingId> {
+        None
+    }
 }
 
 /// A view of an image embedding: `channels × height × width` f32, row-major.

@@ -1,4 +1,5 @@
-//! `prototypes.bin`: a taught prototype set on disk (format version 1.0).
+//! `prototypes.bin`: a taught prototype set on disk (format version 1.1; 1.0
+//! files are read too).
 //!
 //! Small (a few kB to a few tens of kB), versioned, hashed and optionally
 //! Ed25519-signed with the same keys and conventions as model bundles. The layout,
@@ -6,7 +7,7 @@
 //! integers are little-endian:
 //!
 //! ```text
-//! 0        header (64 B): magic "EDGEPROT", major u16 = 1, minor u16 = 0,
+//! 0        header (64 B): magic "EDGEPROT", major u16 = 1, minor u16 = 1,
 //!          header length u32 = 64, flags u32 (bit 0 = signed), channels u32,
 //!          prototype count u32, metadata length u32, file length u64, 24 reserved
 //! 64       metadata: JSON (UTF-8), zero-padded to a multiple of 8
@@ -41,7 +42,8 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"EPROEND\0";
 /// Format major version written and read here.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Newest format minor version this reader understands (and the one it writes).
-pub const FORMAT_MINOR: u16 = 0;
+/// 1.1 added `embedding.encoder_sha256` to the metadata; 1.0 files have none.
+pub const FORMAT_MINOR: u16 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 64;
 /// Trailer length.
@@ -466,6 +468,11 @@ impl PrototypeSet {
         }
         let meta: Metadata = serde_json::from_slice(&b[HEADER_LEN..l.meta_end])
             .map_err(|e| FormatError::Metadata(e.to_string()))?;
+        if minor == 0 && meta.embedding.encoder_sha256.is_some() {
+            return Err(FormatError::Metadata(
+                "a format 1.0 file cannot record `embedding.encoder_sha256` (added in 1.1)".into(),
+            ));
+        }
         if meta.embedding.channels != channels {
             return Err(FormatError::Content(format!(
                 "metadata says {} channels, header {channels}",

@@ -159,6 +159,11 @@ pub struct EmbeddingId {
     /// SHA-256 (hex) of the weights, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_sha256: Option<String>,
+    /// Digest (hex) of the encoder of the model bundle the prototypes were
+    /// computed with ([`encoder_sha256`]), when they came from a bundle. Format
+    /// 1.1 and later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_sha256: Option<String>,
     /// Feature channels.
     pub channels: u32,
     /// Embedding grid rows.
@@ -175,7 +180,10 @@ impl std::fmt::Display for EmbeddingId {
             self.family, self.name, self.version, self.channels, self.grid_height, self.grid_width
         )?;
         if let Some(s) = &self.weights_sha256 {
-            write!(f, " weights sha256 {}", &s[..s.len().min(12)])?;
+            write!(f, " weights sha256 {}", s.get(..12).unwrap_or(s))?;
+        }
+        if let Some(s) = &self.encoder_sha256 {
+            write!(f, " encoder sha256 {}", s.get(..12).unwrap_or(s))?;
         }
         Ok(())
     }
@@ -197,21 +205,28 @@ impl EmbeddingId {
     }
 
     /// Checks that `other` (the model about to run) is the model these prototypes
-    /// were computed with: same family, name, version and geometry, and the same
-    /// weights when both sides know their hash.
+    /// were computed with. Geometry must always match. When both sides know
+    /// their bundle encoder digest, it decides alone (the same encoder gives the
+    /// same embedding space whatever the bundle is called); otherwise family,
+    /// name and version must match, and the weights hash when both sides know it.
     pub fn check_model(&self, other: &EmbeddingId) -> Result<(), FewShotError> {
-        let weights_differ = matches!(
-            (&self.weights_sha256, &other.weights_sha256),
-            (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b)
-        );
-        if self.family != other.family
-            || self.name != other.name
-            || self.version != other.version
-            || self.channels != other.channels
+        let geometry_differs = self.channels != other.channels
             || self.grid_height != other.grid_height
-            || self.grid_width != other.grid_width
-            || weights_differ
-        {
+            || self.grid_width != other.grid_width;
+        let same_identity = match (&self.encoder_sha256, &other.encoder_sha256) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => {
+                let weights_differ = matches!(
+                    (&self.weights_sha256, &other.weights_sha256),
+                    (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b)
+                );
+                self.family == other.family
+                    && self.name == other.name
+                    && self.version == other.version
+                    && !weights_differ
+            }
+        };
+        if geometry_differs || !same_identity {
             return Err(FewShotError::EmbeddingMismatch {
                 expected: self.to_string(),
                 got: other.to_string(),
@@ -220,36 +235,139 @@ impl EmbeddingId {
         Ok(())
     }
 
-    /// Checks a model bundle against this id: the manifest's model family, name and
-    /// version must match, and so must the embedding geometry when the manifest
-    /// records it (`architecture.details.embedding_channels`, and
-    /// `embedding_grid` as `[rows, cols]`).
-    pub fn check_bundle(&self, manifest: &crate::bundle::Manifest) -> Result<(), FewShotError> {
+    /// The identity of a bundle's manifest: model family, name and version, and
+    /// the embedding geometry when the manifest records it
+    /// (`architecture.details.embedding` as `[channels, rows, cols]`, as
+    /// `edgeseg-tools export` writes it, or `embedding_channels` and
+    /// `embedding_grid` as `[rows, cols]`); `None` for each unrecorded size.
+    fn manifest_identity(manifest: &crate::bundle::Manifest) -> (ModelNames, [Option<u32>; 3]) {
         let m = &manifest.model;
         let d = &manifest.architecture.details;
-        let channels = d
-            .get("embedding_channels")
-            .and_then(|v| v.as_u64())
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(self.channels);
-        let grid = d.get("embedding_grid").and_then(|v| v.as_array());
-        let dim = |i: usize, default: u32| {
-            grid.and_then(|g| g.get(i))
-                .and_then(|v| v.as_u64())
+        let num = |v: Option<&serde_json::Value>| {
+            v.and_then(|v| v.as_u64())
                 .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(default)
         };
+        let emb = d.get("embedding").and_then(|v| v.as_array());
+        let grid = d.get("embedding_grid").and_then(|v| v.as_array());
+        let dims = [
+            num(d.get("embedding_channels")).or_else(|| num(emb.and_then(|e| e.first()))),
+            num(grid.and_then(|g| g.first())).or_else(|| num(emb.and_then(|e| e.get(1)))),
+            num(grid.and_then(|g| g.get(1))).or_else(|| num(emb.and_then(|e| e.get(2)))),
+        ];
+        (
+            ModelNames {
+                family: m.family.clone(),
+                name: m.name.clone(),
+                version: m.version.clone(),
+            },
+            dims,
+        )
+    }
+
+    /// Checks a model bundle's manifest against this id: the manifest's model
+    /// family, name and version must match, and so must the embedding geometry
+    /// when the manifest records it (see [`Self::check_bundle_file`] for the
+    /// check that also compares the encoder digest).
+    pub fn check_bundle(&self, manifest: &crate::bundle::Manifest) -> Result<(), FewShotError> {
+        let (n, [c, h, w]) = Self::manifest_identity(manifest);
         let other = EmbeddingId {
-            family: m.family.clone(),
-            name: m.name.clone(),
-            version: m.version.clone(),
+            family: n.family,
+            name: n.name,
+            version: n.version,
             weights_sha256: None,
-            channels,
-            grid_height: dim(0, self.grid_height),
-            grid_width: dim(1, self.grid_width),
+            encoder_sha256: None,
+            channels: c.unwrap_or(self.channels),
+            grid_height: h.unwrap_or(self.grid_height),
+            grid_width: w.unwrap_or(self.grid_width),
         };
         self.check_model(&other)
     }
+
+    /// The identity of the embeddings a bundle's encoder produces: the manifest's
+    /// model names, its encoder digest ([`encoder_sha256`]), and `dims`
+    /// (`[channels, rows, cols]`, e.g. from the backend that runs it) or else the
+    /// manifest's recorded geometry. `None` when the bundle has no encoder graph
+    /// or the geometry is known from neither.
+    pub fn of_bundle(bundle: &crate::bundle::Bundle, dims: Option<[usize; 3]>) -> Option<Self> {
+        let (n, recorded) = Self::manifest_identity(bundle.manifest());
+        let [c, h, w] = match dims {
+            Some(d) => d.map(|v| u32::try_from(v).ok()),
+            None => recorded,
+        };
+        Some(EmbeddingId {
+            family: n.family,
+            name: n.name,
+            version: n.version,
+            weights_sha256: None,
+            encoder_sha256: Some(encoder_sha256(bundle)?),
+            channels: c?,
+            grid_height: h?,
+            grid_width: w?,
+        })
+    }
+
+    /// Checks a verified bundle against this id before any frame is run: as
+    /// [`Self::check_model`] with the bundle's encoder digest, its manifest's
+    /// names, and its recorded geometry (this id's own where the manifest records
+    /// none; every query embedding is checked again by [`PrototypeSet::predict`]).
+    pub fn check_bundle_file(&self, bundle: &crate::bundle::Bundle) -> Result<(), FewShotError> {
+        let (n, [c, h, w]) = Self::manifest_identity(bundle.manifest());
+        let other = EmbeddingId {
+            family: n.family,
+            name: n.name,
+            version: n.version,
+            weights_sha256: None,
+            encoder_sha256: encoder_sha256(bundle),
+            channels: c.unwrap_or(self.channels),
+            grid_height: h.unwrap_or(self.grid_height),
+            grid_width: w.unwrap_or(self.grid_width),
+        };
+        self.check_model(&other)
+    }
+}
+
+struct ModelNames {
+    family: String,
+    name: String,
+    version: String,
+}
+
+/// Domain-separation prefix of [`encoder_sha256`].
+const ENCODER_DIGEST_CONTEXT: &[u8] = b"edgeseg-encoder-digest-v1\0";
+
+/// The digest that identifies a bundle's image encoder (lowercase hex SHA-256):
+/// the encoder graph section (`encoder.onnx`) and every tensor-table entry of
+/// that graph (`encoder.onnx/…`: name, dtype, shape and bytes, in name order).
+/// It does not change when the decoder, the manifest or the signature do, so a
+/// prototype set stays valid for a re-signed or re-described bundle and is
+/// refused for any other encoder weights. `None` without an encoder graph.
+pub fn encoder_sha256(bundle: &crate::bundle::Bundle) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let graph_name = crate::backend::cpu::ENCODER_GRAPH;
+    let graph = bundle.graph(graph_name)?;
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    h.update(ENCODER_DIGEST_CONTEXT);
+    field(&mut h, graph);
+    let prefix = format!("{graph_name}/");
+    let mut tensors: Vec<_> = bundle
+        .tensors()
+        .filter(|t| t.name.starts_with(&prefix))
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(b.name));
+    for t in tensors {
+        field(&mut h, t.name.as_bytes());
+        h.update([t.dtype.code()]);
+        h.update((t.shape.len() as u64).to_le_bytes());
+        for d in t.shape {
+            h.update(d.to_le_bytes());
+        }
+        field(&mut h, t.bytes);
+    }
+    Some(crate::bundle::hex(&h.finalize()))
 }
 
 /// What kind of image the supports were: grey (ultrasound, MRI slices) or colour
