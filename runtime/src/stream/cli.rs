@@ -10,12 +10,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use edgeseg_kernels::pixfmt::RawFormat;
 
+use super::fewshot::{FewShotSpec, TeachOutcome, TeachSpec};
 use super::mock::{MockConfig, MockSegmenter};
 use super::pipeline::{percentile, run_stream, BackendChoice, RunSummary, StreamConfig};
 use super::prompting::PromptSpec;
 use super::sink::{JsonLog, MaskPngs, PngFrames, Sink, Y4mVideo};
 use super::source::{open_source, Source, SyntheticSource};
 use crate::backend::{open_bundle, BackendOptions, PromptableSegmenter};
+use crate::bundle::{Bundle, VerifyPolicy};
+use crate::fewshot::{AutoPromptConfig, HeadConfig, PrototypeSet};
+use crate::prompt::BoxPrompt;
 
 /// Where the AI comes from.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,8 +63,37 @@ pub struct RunArgs {
     input: String,
     /// `box:x0,y0,x1,y1`, `points:x,y[,fg|bg];…`, `track:x0,y0,x1,y1` or
     /// `file:prompts.jsonl`.
-    #[arg(long)]
-    prompt: String,
+    #[arg(
+        long,
+        required_unless_present_any = ["support", "teach_from"],
+        conflicts_with_all = ["support", "teach_from"]
+    )]
+    prompt: Option<String>,
+    /// Segment every frame with no prompt from this few-shot prototype set
+    /// (`edgeseg-tools teach` or `--save-support`): encoder, prototype head,
+    /// auto-prompt, mask decoder. Refused before streaming when it was taught
+    /// with another model.
+    #[arg(long, conflicts_with = "teach_from")]
+    support: Option<PathBuf>,
+    /// Teach from the stream: on this frame id the `--box` mask becomes the
+    /// (1-shot) support, and later frames are segmented from its prototypes.
+    /// Earlier frames pass through un-annotated. The structure's name is `--label`.
+    #[arg(long, requires = "teach_box")]
+    teach_from: Option<u64>,
+    /// The box on the `--teach-from` frame: `x0,y0,x1,y1` in frame pixels.
+    #[arg(long = "box", id = "teach_box", requires = "teach_from")]
+    teach_box: Option<String>,
+    /// Write the set taught with `--teach-from` here (reusable with `--support`).
+    #[arg(long, requires = "teach_from")]
+    save_support: Option<PathBuf>,
+    /// Prototype mode: a grid cell is confident for a structure when its
+    /// probability is at least this.
+    #[arg(long, default_value_t = 0.5)]
+    confidence: f32,
+    /// Prototype mode: smallest confident component (embedding grid cells) that
+    /// counts as a found structure.
+    #[arg(long, default_value_t = 2)]
+    min_cells: usize,
     /// Output folder: overlay.y4m, log.jsonl, masks/, frames/ (with --png-frames).
     #[arg(long)]
     out: PathBuf,
@@ -73,7 +106,8 @@ pub struct RunArgs {
     /// Also write every composed frame as PNG.
     #[arg(long)]
     png_frames: bool,
-    /// Label drawn next to the mask.
+    /// Label drawn next to the mask (with `--teach-from`: the taught
+    /// structure's name; with `--support` the set's own names are drawn).
     #[arg(long, default_value = "ROI")]
     label: String,
 }
@@ -210,6 +244,9 @@ pub fn print_summary(s: &RunSummary) {
         "overlay: drawn {} late {} unavailable {} off {} (withdrawn at emit: {})",
         s.drawn, s.late, s.unavailable, s.off, s.withdrawn
     );
+    if s.not_found > 0 {
+        println!("overlay: no structure found on {} frames", s.not_found);
+    }
     println!(
         "pass-through ingest->emit ms: p50 {} p99 {} p99.9 {} max {}",
         p(&s.passthrough_us, 50.0),
@@ -234,9 +271,124 @@ pub fn print_summary(s: &RunSummary) {
     }
 }
 
+/// Loads `--support` and refuses it, before any frame is streamed, when it was
+/// taught with another model than the one `ai` runs.
+fn load_support(path: &Path, ai: &AiArgs) -> Result<PrototypeSet> {
+    let (set, _) = PrototypeSet::open(path, &VerifyPolicy::default())
+        .with_context(|| format!("--support {}", path.display()))?;
+    let refused = || {
+        format!(
+            "--support {}: this prototype set was taught with another model; teach it again with this one",
+            path.display()
+        )
+    };
+    if let Some(b) = &ai.bundle {
+        let bundle = Bundle::open(b, &VerifyPolicy::default())
+            .with_context(|| format!("--bundle {}", b.display()))?;
+        set.embedding
+            .check_bundle_file(&bundle)
+            .with_context(refused)?;
+    } else if ai.mock.is_some() {
+        set.embedding
+            .check_model(&MockSegmenter::mock_embedding_id())
+            .with_context(refused)?;
+    }
+    Ok(set)
+}
+
+fn parse_teach_box(s: &str) -> Result<BoxPrompt> {
+    match PromptSpec::parse(&format!("box:{s}")) {
+        Ok(PromptSpec::Fixed(p)) => p.boxes.context("--box: no box"),
+        _ => bail!("--box {s}: expected x0,y0,x1,y1 (frame pixels) with x0<=x1, y0<=y1, all >= 0"),
+    }
+}
+
+/// The prototype-mode settings of `run`, `None` when prompts are used.
+fn fewshot_spec(args: &RunArgs) -> Result<Option<FewShotSpec>> {
+    let prompt = AutoPromptConfig {
+        threshold: args.confidence,
+        min_cells: args.min_cells,
+        ..AutoPromptConfig::default()
+    };
+    if !(0.0..=1.0).contains(&prompt.threshold) {
+        bail!("--confidence {}: must be in [0, 1]", prompt.threshold);
+    }
+    if let Some(path) = &args.support {
+        let set = load_support(path, &args.ai)?;
+        let names = set.names.join(", ");
+        println!(
+            "support: {} ({} prototypes of {}, {} shot(s), structure(s): {names})",
+            path.display(),
+            set.prototypes.len(),
+            set.embedding,
+            set.shots
+        );
+        return Ok(Some(FewShotSpec {
+            support: Some(Arc::new(set)),
+            teach: None,
+            prompt,
+        }));
+    }
+    if let Some(frame) = args.teach_from {
+        let bbox = parse_teach_box(args.teach_box.as_deref().unwrap_or_default())?;
+        return Ok(Some(FewShotSpec {
+            support: None,
+            teach: Some(TeachSpec {
+                frame,
+                bbox,
+                name: args.label.clone(),
+                save: args.save_support.clone(),
+                head: HeadConfig::default(),
+            }),
+            prompt,
+        }));
+    }
+    Ok(None)
+}
+
+/// Reports what became of `--teach-from`; an error when nothing was learned or
+/// the set could not be saved (all outputs are written by then).
+fn report_teach(args: &RunArgs, outcome: Option<&TeachOutcome>) -> Result<()> {
+    let (Some(frame), Some(outcome)) = (args.teach_from, outcome) else {
+        return Ok(());
+    };
+    match outcome {
+        TeachOutcome::NotSeen => bail!(
+            "--teach-from {frame}: that frame never reached the AI (no frame of the stream has this id, the AI was off, or the stream ended before the model was ready); nothing was learned, every frame passed through un-annotated"
+        ),
+        TeachOutcome::EmptyMask => bail!(
+            "--teach-from {frame}: the --box mask on that frame is empty, so there was nothing to learn; the stream passed through un-annotated. Draw the box around the structure."
+        ),
+        TeachOutcome::Failed(e) => bail!(
+            "--teach-from {frame}: teaching failed ({e}); the stream passed through un-annotated"
+        ),
+        TeachOutcome::Taught {
+            prototypes,
+            mask_area,
+            saved,
+        } => {
+            println!(
+                "taught `{}` on frame {frame} from a {mask_area}-pixel mask ({prototypes} prototypes)",
+                args.label
+            );
+            match saved {
+                Some(Ok(p)) => println!("saved the prototype set to {}", p.display()),
+                Some(Err(e)) => bail!("--save-support: could not write the prototype set: {e}"),
+                None => {}
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `edgeseg run`: streams an input through the pipeline into `--out`.
 pub fn run(args: RunArgs) -> Result<()> {
-    let prompts = PromptSpec::parse(&args.prompt)?;
+    let fewshot = fewshot_spec(&args)?;
+    let prompts = match (&args.prompt, &fewshot) {
+        (Some(p), _) => PromptSpec::parse(p)?,
+        (None, Some(_)) => PromptSpec::None,
+        (None, None) => bail!("give --prompt, --support or --teach-from"),
+    };
     let source = open_source(&args.input, args.fps.unwrap_or(25.0))?;
     let pace = match args.fps {
         Some(f) => Some(f),
@@ -244,7 +396,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let chain = chain(&args.ai)?;
     let sinks = file_sinks(&args.out, pace.unwrap_or(25.0), args.png_frames)?;
-    let config = stream_config(&args.timing, pace, &args.label);
+    let mut config = stream_config(&args.timing, pace, &args.label);
+    config.fewshot = fewshot;
     let summary = run_stream(source, chain, prompts, sinks, config)?;
     print_summary(&summary);
     println!(
@@ -254,7 +407,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if summary.sink_errors > 0 {
         bail!("{} frames could not be written", summary.sink_errors);
     }
-    Ok(())
+    report_teach(&args, summary.teach.as_ref())
 }
 
 /// The repository root (the binary's source tree), for the committed fixtures.

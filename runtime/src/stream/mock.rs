@@ -8,12 +8,18 @@
 //! [`BackendError::NonFinite`] instead of thresholding non-finite values; the
 //! "wrong size" and "non-finite IoU" faults return a `Segmentation` that only
 //! the pipeline's own validation catches.
+//!
+//! It also exposes a small image embedding (see [`MockSegmenter::EMBEDDING_GRID`]:
+//! per grid cell the mean luma and two colour differences, SAM-style geometry
+//! with the longest frame side on the grid), so that the few-shot prototype path
+//! of the pipeline can be tested without a model.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendError, PromptableSegmenter, RgbFrame, Segmentation};
+use crate::backend::{BackendError, Embedding, PromptableSegmenter, RgbFrame, Segmentation};
+use crate::fewshot::EmbeddingId;
 use crate::prompt::Prompt;
 
 /// Behaviour of the mock. Faults are keyed on the call number `k` (1-based,
@@ -99,6 +105,8 @@ pub struct MockSegmenter {
     counter: Arc<AtomicU64>,
     call: u64,
     frame: Option<(usize, usize, Vec<u8>)>,
+    /// The current frame's embedding and its valid rows and columns.
+    embedding: Option<(Vec<f32>, usize, usize)>,
 }
 
 /// Logits are computed on a grid this many times coarser than the frame (like
@@ -117,7 +125,67 @@ impl MockSegmenter {
             counter,
             call: 0,
             frame: None,
+            embedding: None,
         }
+    }
+
+    /// Side of the mock's square embedding grid.
+    pub const EMBEDDING_GRID: usize = 16;
+    /// Feature channels of the mock's embedding.
+    pub const EMBEDDING_CHANNELS: usize = 4;
+
+    /// The identity of the mock's embedding space (what prototype sets taught on
+    /// it record).
+    pub fn mock_embedding_id() -> EmbeddingId {
+        EmbeddingId {
+            family: "mock".into(),
+            name: "mock".into(),
+            version: "1".into(),
+            weights_sha256: None,
+            encoder_sha256: None,
+            channels: Self::EMBEDDING_CHANNELS as u32,
+            grid_height: Self::EMBEDDING_GRID as u32,
+            grid_width: Self::EMBEDDING_GRID as u32,
+        }
+    }
+
+    /// Per grid cell (the longest frame side spans the grid, padding at the
+    /// bottom/right): mean `(luma - 128) / 128`, `(r - g) / 255`, `(b - g) / 255`,
+    /// and a constant 0.25 so that no feature is zero.
+    fn embed(frame: &RgbFrame<'_>) -> (Vec<f32>, usize, usize) {
+        let (g, c) = (Self::EMBEDDING_GRID, Self::EMBEDDING_CHANNELS);
+        let r = g as f64 / frame.width.max(frame.height) as f64;
+        let vh = ((frame.height as f64 * r).ceil() as usize).clamp(1, g);
+        let vw = ((frame.width as f64 * r).ceil() as usize).clamp(1, g);
+        let mut sums = vec![[0f64; 3]; g * g];
+        let mut counts = vec![0u32; g * g];
+        for (y, row) in frame.data.chunks_exact(frame.width * 3).enumerate() {
+            let gy = (((y as f64 + 0.5) * r) as usize).min(vh - 1);
+            for (x, p) in row.chunks_exact(3).enumerate() {
+                let gx = (((x as f64 + 0.5) * r) as usize).min(vw - 1);
+                let (rr, gg, bb) = (f64::from(p[0]), f64::from(p[1]), f64::from(p[2]));
+                let cell = gy * g + gx;
+                let s = &mut sums[cell];
+                s[0] += (rr + gg + bb) / 3.0;
+                s[1] += rr - gg;
+                s[2] += bb - gg;
+                counts[cell] += 1;
+            }
+        }
+        let mut data = vec![0f32; c * g * g];
+        for cell in 0..g * g {
+            let (y, x) = (cell / g, cell % g);
+            if y >= vh || x >= vw {
+                continue;
+            }
+            let n = f64::from(counts[cell].max(1));
+            let s = sums[cell];
+            data[cell] = ((s[0] / n - 128.0) / 128.0) as f32;
+            data[g * g + cell] = (s[1] / n / 255.0) as f32;
+            data[2 * g * g + cell] = (s[2] / n / 255.0) as f32;
+            data[3 * g * g + cell] = 0.25;
+        }
+        (data, vh, vw)
     }
 
     fn spend(&self, d: Duration) {
@@ -166,7 +234,27 @@ impl PromptableSegmenter for MockSegmenter {
             }
         }
         self.frame = Some((frame.width, frame.height, luma));
+        self.embedding = Some(Self::embed(&frame));
         Ok(())
+    }
+
+    fn embedding(&self) -> Option<Embedding<'_>> {
+        let (w, h, _) = self.frame.as_ref()?;
+        let (data, vh, vw) = self.embedding.as_ref()?;
+        Some(Embedding {
+            channels: Self::EMBEDDING_CHANNELS,
+            height: Self::EMBEDDING_GRID,
+            width: Self::EMBEDDING_GRID,
+            valid_height: *vh,
+            valid_width: *vw,
+            frame_height: *h,
+            frame_width: *w,
+            data,
+        })
+    }
+
+    fn embedding_id(&self) -> Option<EmbeddingId> {
+        Some(Self::mock_embedding_id())
     }
 
     fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError> {

@@ -9,13 +9,15 @@
 //! late" / "AI unavailable" / "AI off" indicator otherwise. A supervisor
 //! watches the worker (watchdog, panic recovery, restart) and walks the
 //! backend fallback chain. Prompts come from [`prompting`] (fixed, track mode,
-//! or a JSON-lines file), outputs go to [`sink`]s (PNG frames, Y4M video, mask
+//! or a JSON-lines file), or from a few-shot prototype set with no prompt at all
+//! ([`fewshot`]: `--support`, `--teach-from`); outputs go to [`sink`]s (PNG frames, Y4M video, mask
 //! PNGs, the per-frame JSON log of [`record`]). [`mock`] is a fault-injecting
 //! backend; [`cli`] holds the `run`, `demo` and `bench-stream` commands.
 //!
 //! Design notes and measurements: `docs/streaming.md`, `docs/perf/streaming.md`.
 
 pub mod cli;
+pub mod fewshot;
 pub mod frame;
 pub mod mailbox;
 pub mod mock;

@@ -310,6 +310,18 @@ pub fn draw_readout(canvas: &mut Canvas<'_>, readout: &str) {
     text_box(canvas, readout, at, Rgb888::WHITE, Rgb888::BLACK);
 }
 
+/// Prototype mode's explicit "not found" state: `no NAME found` in the
+/// top-right corner (where the status indicators go) and the latency readout;
+/// no mask, box or label.
+pub fn draw_not_found(canvas: &mut Canvas<'_>, name: &str, readout: &str) {
+    let text = format!("no {name} found");
+    let font = font_for(canvas.width);
+    let w = (font.character_size.width as usize * text.chars().count()) as i32;
+    let at = Point::new((canvas.width as i32 - w - 2).max(0), 2);
+    text_box(canvas, &text, at, Rgb888::WHITE, Rgb888::new(40, 60, 160));
+    draw_readout(canvas, readout);
+}
+
 /// Draws a status indicator in the top-right corner.
 pub fn draw_indicator(canvas: &mut Canvas<'_>, indicator: Indicator) {
     let text = indicator.text();

@@ -36,6 +36,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::fewshot::{
+    segment_with_prototypes, stream_provenance, teach_from_box, FewShotSpec, FewShotState,
+    StructureState, TeachOutcome,
+};
 use super::frame::{to_rgb, BufferPool, Frame, FrameError, PixelFormat, RgbImage};
 use super::mailbox::{Mailbox, Take};
 use super::overlay::{self, Canvas, Indicator, MaskShape, OverlayStyle};
@@ -102,6 +106,9 @@ pub struct StreamConfig {
     /// compositor and sink threads keep the process's priority, so a busy
     /// model can never slow the pass-through video on a small CPU.
     pub ai_nice: i32,
+    /// Segment from few-shot prototypes instead of prompts (`--support`,
+    /// `--teach-from`); the prompt spec should then be [`PromptSpec::None`].
+    pub fewshot: Option<FewShotSpec>,
 }
 
 impl Default for StreamConfig {
@@ -119,6 +126,7 @@ impl Default for StreamConfig {
             queue: 8,
             unavailable_hold: Duration::from_millis(300),
             ai_nice: 10,
+            fewshot: None,
         }
     }
 }
@@ -146,6 +154,8 @@ pub struct Annotation {
     pub backend: String,
     /// Tracking outcome.
     pub track: TrackEvent,
+    /// In prototype mode: the structure and whether it was found.
+    pub structure: Option<StructureState>,
     generation: u64,
 }
 
@@ -194,6 +204,8 @@ pub struct RunSummary {
     pub unavailable: u64,
     /// Frames showing "AI off".
     pub off: u64,
+    /// Frames showing "no structure found" (prototype mode).
+    pub not_found: u64,
     /// Valid AI results.
     pub ai_results: u64,
     /// AI errors and rejected outputs.
@@ -210,6 +222,8 @@ pub struct RunSummary {
     pub sink_errors: u64,
     /// Every pipeline event, in order.
     pub events: Vec<String>,
+    /// What became of `--teach-from` (prototype mode with teaching only).
+    pub teach: Option<TeachOutcome>,
 }
 
 /// Errors that stop a run before it starts.
@@ -256,6 +270,7 @@ struct Shared {
     busy: Mutex<Option<Busy>>,
     generation: AtomicU64,
     prompter: Mutex<Prompter>,
+    fewshot: Option<Mutex<FewShotState>>,
     events: Mutex<Vec<String>>,
     all_events: Mutex<Vec<String>>,
     stop: AtomicBool,
@@ -372,20 +387,61 @@ fn worker(
             Take::Empty => continue,
             Take::Closed => return exit(ExitReason::Closed),
         };
-        let (w, h) = (frame.image.width, frame.image.height);
-        let Some(prompt) = lock(&shared.prompter).prompt_for(frame.id, w, h) else {
-            continue;
+        // In prototype mode a pending teach frame goes first (ingest hands it
+        // over outside the mailbox, which may drop it); the frame just taken
+        // from the mailbox is then skipped, newer ones follow.
+        let (frame, task) = match &shared.fewshot {
+            Some(fs) => {
+                let mut st = lock(fs);
+                match st.slot.take() {
+                    Some(teach_frame) => {
+                        st.teaching = true;
+                        (teach_frame, Task::Teach)
+                    }
+                    None => match st.set_for(frame.id) {
+                        Some(set) => (frame, Task::Prototypes(set, st.prompt)),
+                        None => continue,
+                    },
+                }
+            }
+            None => {
+                let (w, h) = (frame.image.width, frame.image.height);
+                match lock(&shared.prompter).prompt_for(frame.id, w, h) {
+                    Some(p) => (frame, Task::Prompt(p)),
+                    None => continue,
+                }
+            }
         };
+        let (w, h) = (frame.image.width, frame.image.height);
         let t0 = Instant::now();
         *lock(&shared.busy) = Some(Busy {
             generation,
             since: t0,
             frame: frame.id,
         });
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let f = frame.image.as_frame()?;
-            backend.set_frame(f)?;
-            backend.segment(&prompt)
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<TaskResult, String> {
+            let f = frame.image.as_frame().map_err(|e| e.to_string())?;
+            match &task {
+                Task::Prompt(prompt) => {
+                    backend.set_frame(f).map_err(|e| e.to_string())?;
+                    let seg = backend.segment(prompt).map_err(|e| e.to_string())?;
+                    Ok(TaskResult {
+                        seg,
+                        prompt_box: prompt.boxes,
+                        structure: None,
+                    })
+                }
+                Task::Prototypes(set, cfg) => {
+                    let r = segment_with_prototypes(backend.as_mut(), set, f, cfg)
+                        .map_err(|e| e.to_string())?;
+                    Ok(TaskResult {
+                        seg: r.seg,
+                        prompt_box: r.prompt_box,
+                        structure: Some(r.structure),
+                    })
+                }
+                Task::Teach => teach_task(&shared, backend.as_mut(), frame.id, f),
+            }
         }));
         let infer = t0.elapsed();
         {
@@ -400,6 +456,12 @@ fn worker(
         let outcome = match result {
             Err(p) => {
                 shared.counters.panics.fetch_add(1, Ordering::SeqCst);
+                if let (Task::Teach, Some(fs)) = (&task, &shared.fewshot) {
+                    let mut st = lock(fs);
+                    st.teaching = false;
+                    st.outcome =
+                        TeachOutcome::Failed("the AI worker panicked on the teach frame".into());
+                }
                 let msg = format!(
                     "{name}: worker panicked on frame {}: {}",
                     frame.id,
@@ -407,9 +469,11 @@ fn worker(
                 );
                 return exit(ExitReason::Panicked(msg));
             }
+            // already reported as an event; not a backend failure
+            Ok(Err(e)) if e == TEACH_FAILED => continue,
             Ok(Err(e)) => Err(format!("{name}: frame {}: {e}", frame.id)),
-            Ok(Ok(seg)) => validate(&seg, w, h)
-                .map(|()| seg)
+            Ok(Ok(r)) => validate(&r.seg, w, h)
+                .map(|()| r)
                 .map_err(|e| format!("{name}: frame {}: output rejected: {e}", frame.id)),
         };
         match outcome {
@@ -423,7 +487,11 @@ fn worker(
                 }
                 shared.event(msg);
             }
-            Ok(seg) => {
+            Ok(TaskResult {
+                seg,
+                prompt_box,
+                structure,
+            }) => {
                 failures = 0;
                 let track = lock(&shared.prompter).observe(&seg);
                 let shape = MaskShape::of(&seg);
@@ -432,10 +500,11 @@ fn worker(
                     source_capture: frame.capture,
                     seg: Arc::new(seg),
                     shape,
-                    prompt_box: prompt.boxes,
+                    prompt_box,
                     infer,
                     backend: name.clone(),
                     track,
+                    structure,
                     generation,
                 });
                 let mut latest = lock(&shared.latest);
@@ -447,6 +516,102 @@ fn worker(
                 *lock(&shared.state) = AiState::Running;
                 shared.counters.results.fetch_add(1, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// What the worker does with a frame.
+enum Task {
+    /// Encode, then decode this prompt.
+    Prompt(crate::prompt::Prompt),
+    /// Encode, prototype head, auto-prompt, decode.
+    Prototypes(
+        Arc<crate::fewshot::PrototypeSet>,
+        crate::fewshot::AutoPromptConfig,
+    ),
+    /// Learn the prototype set from the box-prompted mask (`--teach-from`).
+    Teach,
+}
+
+struct TaskResult {
+    seg: Segmentation,
+    prompt_box: Option<BoxPrompt>,
+    structure: Option<StructureState>,
+}
+
+/// Marks a teaching failure that is already reported as an event.
+const TEACH_FAILED: &str = "\0teach failed";
+
+/// `--teach-from`: the box-prompted mask on the teach frame becomes the
+/// support. Failures are reported as events and leave the stream
+/// un-annotated; they are not backend failures.
+fn teach_task(
+    shared: &Shared,
+    backend: &mut dyn PromptableSegmenter,
+    id: u64,
+    f: crate::RgbFrame<'_>,
+) -> Result<TaskResult, String> {
+    let Some(fs) = &shared.fewshot else {
+        return Err(TEACH_FAILED.into());
+    };
+    let Some(spec) = lock(fs).teach.clone() else {
+        return Err(TEACH_FAILED.into());
+    };
+    let outcome = teach_from_box(backend, f, spec.bbox, &spec.name, spec.head);
+    let mut st = lock(fs);
+    st.teaching = false;
+    let b = [spec.bbox.x0, spec.bbox.y0, spec.bbox.x1, spec.bbox.y1];
+    match outcome {
+        Err(e) => {
+            st.outcome = TeachOutcome::Failed(e.to_string());
+            drop(st);
+            shared.event(format!(
+                "teach-from frame {id}: teaching failed: {e}; frames stay un-annotated"
+            ));
+            Err(TEACH_FAILED.into())
+        }
+        Ok((_, None)) => {
+            st.outcome = TeachOutcome::EmptyMask;
+            drop(st);
+            shared.event(format!(
+                "teach-from frame {id}: the box {b:?} gave an empty mask: nothing to learn; frames stay un-annotated"
+            ));
+            Err(TEACH_FAILED.into())
+        }
+        Ok((seg, Some(set))) => {
+            let saved = spec.save.as_ref().map(|p| {
+                set.write_to(p, &stream_provenance(&spec, &st.source), None)
+                    .map(|_| p.clone())
+                    .map_err(|e| e.to_string())
+            });
+            let prototypes = set.prototypes.len();
+            let area = seg.area();
+            st.outcome = TeachOutcome::Taught {
+                prototypes,
+                mask_area: area,
+                saved: saved.clone(),
+            };
+            st.set = Some(Arc::new(set));
+            drop(st);
+            shared.event(format!(
+                "teach-from frame {id}: learned `{}` from a {area}-pixel mask ({prototypes} prototypes){}",
+                spec.name,
+                match &saved {
+                    Some(Ok(p)) => format!(", saved to {}", p.display()),
+                    Some(Err(e)) => format!(", NOT saved: {e}"),
+                    None => String::new(),
+                }
+            ));
+            Ok(TaskResult {
+                seg,
+                prompt_box: Some(spec.bbox),
+                structure: Some(StructureState {
+                    name: spec.name.clone(),
+                    found: true,
+                    confidence: None,
+                    head: Duration::ZERO,
+                }),
+            })
         }
     }
 }
@@ -640,6 +805,15 @@ fn ingest(
                             pool: Some(Arc::clone(&shared.pool)),
                         });
                         if *lock(&shared.state) != AiState::Off {
+                            if let Some(fs) = &shared.fewshot {
+                                let mut st = lock(fs);
+                                if st.teach.as_ref().is_some_and(|t| t.frame == frame.id)
+                                    && st.outcome == TeachOutcome::NotSeen
+                                    && st.set.is_none()
+                                {
+                                    st.slot = Some(Arc::clone(&frame));
+                                }
+                            }
                             shared.mailbox.put(Arc::clone(&frame));
                         }
                         if !emit(Item::Frame(frame)) {
@@ -702,6 +876,10 @@ impl Compositor {
             prompt_box: None,
             iou_prediction: None,
             track: None,
+            structure: None,
+            structure_found: None,
+            prototype_confidence: None,
+            head_ms: None,
             backend: None,
             late: false,
             ai_dropped_total: self.shared.mailbox.dropped(),
@@ -733,10 +911,26 @@ impl Compositor {
         // out; drawing is then skipped rather than panicking.
         if let Some(mut canvas) = Canvas::new(w, h, &mut image.data, touched.as_deref_mut()) {
             match (state, ann) {
+                (OverlayState::NotFound, Some(a)) => {
+                    let name = a
+                        .structure
+                        .as_ref()
+                        .map_or("structure", |s| s.name.as_str());
+                    let readout = format!(
+                        "AI {:.0} ms  age {:.0} ms",
+                        ms(a.infer),
+                        ms(age.unwrap_or_default())
+                    );
+                    overlay::draw_not_found(&mut canvas, name, &readout);
+                }
                 (OverlayState::Drawn, Some(a)) => {
+                    let base = a
+                        .structure
+                        .as_ref()
+                        .map_or(self.config.label.as_str(), |s| s.name.as_str());
                     let label = match a.seg.iou_prediction {
-                        Some(iou) => format!("{} {:.2}", self.config.label, iou),
-                        None => self.config.label.clone(),
+                        Some(iou) => format!("{base} {iou:.2}"),
+                        None => base.to_string(),
                     };
                     let readout = format!(
                         "AI {:.0} ms  age {:.0} ms",
@@ -810,9 +1004,12 @@ impl Compositor {
         {
             state = AiState::Unavailable;
         }
-        let has_prompt = lock(&self.shared.prompter)
-            .prompt_for(frame.id, w, h)
-            .is_some();
+        let has_prompt = match &self.shared.fewshot {
+            Some(fs) => lock(fs).active(frame.id),
+            None => lock(&self.shared.prompter)
+                .prompt_for(frame.id, w, h)
+                .is_some(),
+        };
         let now = Instant::now();
         let new_annotation = ann
             .as_ref()
@@ -836,12 +1033,22 @@ impl Compositor {
             AiState::Off => OverlayState::Off,
             AiState::Unavailable => OverlayState::Unavailable,
             AiState::Running if !has_prompt => OverlayState::None,
-            AiState::Running if fresh => OverlayState::Drawn,
+            AiState::Running if fresh => {
+                let not_found = usable
+                    .as_ref()
+                    .and_then(|a| a.structure.as_ref())
+                    .is_some_and(|s| !s.found);
+                if not_found {
+                    OverlayState::NotFound
+                } else {
+                    OverlayState::Drawn
+                }
+            }
             AiState::Running => OverlayState::Late,
         };
         let (mut image, mut touched) = self.draw(&frame, overlay_state, usable.as_ref(), age);
         let mut emit = Instant::now();
-        if overlay_state == OverlayState::Drawn
+        if matches!(overlay_state, OverlayState::Drawn | OverlayState::NotFound)
             && usable.as_ref().is_some_and(|a| {
                 emit.saturating_duration_since(a.source_capture) > self.config.deadline
             })
@@ -867,6 +1074,7 @@ impl Compositor {
             OverlayState::Late => self.summary.late += 1,
             OverlayState::Unavailable => self.summary.unavailable += 1,
             OverlayState::Off => self.summary.off += 1,
+            OverlayState::NotFound => self.summary.not_found += 1,
             OverlayState::None => {}
         }
         if let Some(a) = &usable {
@@ -876,6 +1084,15 @@ impl Compositor {
             record.infer_ms = Some(ms(a.infer));
             record.backend = Some(a.backend.clone());
             record.track = Some(a.track.name());
+            if let Some(st) = &a.structure {
+                record.structure = Some(st.name.clone());
+                record.structure_found = Some(st.found);
+                record.prototype_confidence = st.confidence;
+                record.head_ms = (st.head > Duration::ZERO).then(|| ms(st.head));
+            }
+            if overlay_state == OverlayState::NotFound {
+                record.mask_area = Some(0);
+            }
             if overlay_state == OverlayState::Drawn {
                 let us = emit_age.as_micros().min(u128::from(u64::MAX)) as u64;
                 self.summary.max_drawn_age_us = self.summary.max_drawn_age_us.max(us);
@@ -927,6 +1144,10 @@ pub fn run_stream(
         busy: Mutex::new(None),
         generation: AtomicU64::new(0),
         prompter: Mutex::new(Prompter::new(prompts, config.track)),
+        fewshot: config
+            .fewshot
+            .clone()
+            .map(|spec| Mutex::new(FewShotState::new(spec, source.describe()))),
         events: Mutex::new(Vec::new()),
         all_events: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -1013,6 +1234,15 @@ pub fn run_stream(
         .join()
         .map_err(|_| StreamError::Panicked("supervisor"))?;
 
+    // A short input can end while the worker is still learning from the teach
+    // frame: wait for that (at most one watchdog period), so that `--teach-from`
+    // on a file does not depend on how fast the model is.
+    if let Some(fs) = &shared.fewshot {
+        let until = Instant::now() + comp.config.watchdog;
+        while lock(fs).teaching && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
     let mut s = comp.summary;
     s.frames_in = frames_in;
     s.sink_errors = sink_errors;
@@ -1024,6 +1254,10 @@ pub fn run_stream(
     s.fallbacks = c.fallbacks.load(Ordering::SeqCst);
     s.ai_dropped = shared.mailbox.dropped();
     s.events = std::mem::take(&mut *lock(&shared.all_events));
+    s.teach = shared.fewshot.as_ref().and_then(|fs| {
+        let st = lock(fs);
+        st.teach.as_ref().map(|_| st.outcome.clone())
+    });
     Ok(s)
 }
 

@@ -43,6 +43,9 @@ pub enum PromptSpec {
     /// Prompts by frame id, sorted; a prompt holds until the next entry (an
     /// entry with `None` stops prompting).
     File(Vec<(u64, Option<Prompt>)>),
+    /// No prompt on any frame (prototype mode: the prompts come from the
+    /// few-shot head, see `stream::fewshot`).
+    None,
 }
 
 fn parse_box(s: &str) -> Option<BoxPrompt> {
@@ -350,6 +353,7 @@ impl Prompter {
                 list.get(i.checked_sub(1)?)?.1.clone()?
             }
             (PromptSpec::Track(b), None) => Prompt::from_box(*b),
+            (PromptSpec::None, None) => return None,
         };
         p.boxes = p.boxes.map(|b| clamp_box(b, width, height));
         let (mx, my) = ((width.max(1) - 1) as f32, (height.max(1) - 1) as f32);

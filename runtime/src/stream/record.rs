@@ -14,6 +14,10 @@ pub enum OverlayState {
     Unavailable,
     /// The AI is off: "AI off" shown.
     Off,
+    /// Prototype mode: the structure is not in the frame ("no structure
+    /// found" shown, no mask drawn).
+    #[serde(rename = "not_found")]
+    NotFound,
     /// Nothing to show (no prompt yet, empty mask, or a frame error).
     None,
 }
@@ -55,6 +59,15 @@ pub struct FrameRecord {
     pub iou_prediction: Option<f32>,
     /// Tracking state after the shown mask (`tracked`, `lost`, `jumped` ...).
     pub track: Option<&'static str>,
+    /// Prototype mode: the structure's name from the prototype set.
+    pub structure: Option<String>,
+    /// Prototype mode: whether the structure was found on the annotation's frame.
+    pub structure_found: Option<bool>,
+    /// Prototype mode: mean prototype probability of the auto-prompted component.
+    pub prototype_confidence: Option<f32>,
+    /// Prototype mode: time of the prototype head and auto-prompter (beyond
+    /// encoder and decoder) on the annotation's frame, ms.
+    pub head_ms: Option<f64>,
     /// Backend that produced the annotation.
     pub backend: Option<String>,
     /// The overlay was withheld because the annotation was too old.
