@@ -91,6 +91,14 @@ pub struct BenchConfig {
     pub profile: bool,
     /// Profile the plans without edgeseg's fused ops too.
     pub profile_unfused: bool,
+    /// Also time the few-shot prototype head + auto-prompter
+    /// ([`crate::stream::fewshot::locate`]) with this set on the frame's
+    /// embedding: the per-frame cost of prompt-free segmentation beyond the
+    /// encoder and decoder.
+    pub support: Option<crate::fewshot::PrototypeSet>,
+    /// Untimed and timed runs of the few-shot head (its own counts: it is
+    /// thousands of times cheaper than the encoder).
+    pub fewshot_runs: (usize, usize),
 }
 
 /// Results of a bench run.
@@ -120,6 +128,61 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
     /// Per-node profiles of the encoder and decoder plans (when requested).
     pub profile: Vec<PlanProfile>,
+    /// Few-shot prototype head + auto-prompter per frame, wall time (with a
+    /// support set).
+    pub fewshot_head: Option<Stats>,
+    /// The same, mean CPU time of the thread per run in ms
+    /// (`/proc/thread-self/schedstat`; does not count waiting for a core).
+    pub fewshot_head_cpu_ms: Option<f64>,
+    /// Prototypes in the support set.
+    pub fewshot_prototypes: Option<usize>,
+}
+
+/// CPU time this thread has run, in ns (Linux `/proc/thread-self/schedstat`).
+pub fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Times [`crate::stream::fewshot::locate`] on the current frame of `seg`:
+/// wall-time statistics and mean thread CPU ms per timed run.
+fn time_fewshot_head(
+    seg: &TractSegmenter,
+    set: &crate::fewshot::PrototypeSet,
+    frame: &[u8],
+    warmup: usize,
+    runs: usize,
+) -> Result<(Vec<f64>, Option<f64>), BackendError> {
+    let bad = |e: crate::fewshot::FewShotError| BackendError::Inference(e.to_string());
+    if let Some(id) = seg.embedding_id() {
+        set.embedding.check_model(&id).map_err(bad)?;
+    }
+    let e = seg
+        .embedding()
+        .ok_or_else(|| BackendError::Inference("no embedding".into()))?;
+    let cfg = crate::fewshot::AutoPromptConfig::default();
+    let mut wall = Vec::with_capacity(runs);
+    let mut cpu = Some(0u64);
+    for i in 0..warmup + runs {
+        let c0 = thread_cpu_ns();
+        let t = Instant::now();
+        let found = crate::stream::fewshot::locate(set, frame, &e, &cfg).map_err(bad)?;
+        let dt = ms(t);
+        let c1 = thread_cpu_ns();
+        std::hint::black_box(found);
+        if i >= warmup {
+            wall.push(dt);
+            cpu = match (cpu, c0, c1) {
+                (Some(acc), Some(a), Some(b)) => Some(acc + b.saturating_sub(a)),
+                _ => None,
+            };
+        }
+    }
+    Ok((wall, cpu.map(|ns| ns as f64 / 1e6 / runs.max(1) as f64)))
 }
 
 /// Peak resident set size of this process (Linux only).
@@ -351,6 +414,15 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
             }
         }
     }
+    let (fewshot_wall, fewshot_head_cpu_ms) = match &cfg.support {
+        Some(set) => {
+            // the embedding of the frame itself (the loop above re-encoded
+            // only the preprocessed input)
+            seg.set_frame(RgbFrame::new(w, h, &frame)?)?;
+            time_fewshot_head(&seg, set, &frame, cfg.fewshot_runs.0, cfg.fewshot_runs.1)?
+        }
+        None => (Vec::new(), None),
+    };
     let mut profile = Vec::new();
     if cfg.profile {
         drop(bare);
@@ -403,6 +475,9 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
         bare_decoder: Stats::of(&bare_dec_ms),
         peak_rss_bytes: peak_rss_bytes(),
         profile,
+        fewshot_head: Stats::of(&fewshot_wall),
+        fewshot_head_cpu_ms,
+        fewshot_prototypes: cfg.support.as_ref().map(|s| s.prototypes.len()),
     })
 }
 

@@ -115,6 +115,14 @@ struct BenchArgs {
     /// (after the latency runs, same run counts); printed, and in the JSON.
     #[arg(long)]
     profile: bool,
+    /// Also time the few-shot prototype head + auto-prompter with this
+    /// prototype set on the frame's embedding (per-frame cost of `run
+    /// --support` beyond the encoder and decoder).
+    #[arg(long)]
+    support: Option<PathBuf>,
+    /// With --support: timed runs of the head (after a tenth as many warm-up runs).
+    #[arg(long, default_value_t = 200)]
+    fewshot_runs: usize,
     /// With --profile: how many op types and nodes to print.
     #[arg(long, default_value_t = 15)]
     profile_top: usize,
@@ -254,6 +262,15 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         bare_fused: !a.bare_unfused,
         profile: a.profile,
         profile_unfused: a.profile_unfused,
+        support: match &a.support {
+            Some(p) => Some(
+                edgeseg_runtime::fewshot::PrototypeSet::open(p, &Default::default())
+                    .with_context(|| format!("--support {}", p.display()))?
+                    .0,
+            ),
+            None => None,
+        },
+        fewshot_runs: (a.fewshot_runs.div_ceil(10), a.fewshot_runs),
     };
     let r = bench::run(&cfg)?;
     println!(
@@ -281,6 +298,15 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     }
     if let Some(s) = &r.bare_decoder {
         row("bare tract decoder", s);
+    }
+    if let Some(s) = &r.fewshot_head {
+        row("few-shot head+prompt", s);
+        println!(
+            "  {} prototypes; thread CPU {} ms per run",
+            r.fewshot_prototypes.unwrap_or(0),
+            r.fewshot_head_cpu_ms
+                .map_or("-".to_string(), |v| format!("{v:.3}"))
+        );
     }
     if let Some(b) = r.peak_rss_bytes {
         println!("peak RSS: {:.1} MiB", b as f64 / (1024.0 * 1024.0));
