@@ -149,7 +149,6 @@ impl EvalOp for RowSoftmax {
             }
             Ok(())
         })?;
-        drop(plain);
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -212,7 +211,7 @@ pub fn fuse_row_softmax(model: &mut TypedModel) -> TractResult<usize> {
                 || sm.quant_output_dt.is_some()
                 || x_fact.datum_type != f32::datum_type()
                 || rank == 0
-                || &*sm.axes != [rank - 1]
+                || *sm.axes != [rank - 1]
             {
                 continue;
             }

@@ -115,7 +115,7 @@ pub struct RunArgs {
 /// `edgeseg demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Model bundle [default: $EDGESEG_BUNDLE, else the first bundle in models/zoo/].
+    /// Model bundle [default: $EDGESEG_BUNDLE, else models/zoo/edge-s.bundle, else the first bundle there].
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// Output folder.
@@ -415,13 +415,20 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Finds the default model: `$EDGESEG_BUNDLE`, else the first `*.bundle` in
-/// `models/zoo/`.
+/// The product's default model, in `models/zoo/`.
+const DEFAULT_MODEL: &str = "edge-s.bundle";
+
+/// Finds the default model: `$EDGESEG_BUNDLE`, else `models/zoo/edge-s.bundle`, else
+/// the first `*.bundle` in `models/zoo/`.
 fn default_bundle() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("EDGESEG_BUNDLE") {
         return Some(PathBuf::from(p));
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(repo_root().join("models/zoo"))
+    let zoo = repo_root().join("models/zoo");
+    if zoo.join(DEFAULT_MODEL).is_file() {
+        return Some(zoo.join(DEFAULT_MODEL));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(zoo)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "bundle"))
