@@ -15,6 +15,9 @@ pub mod nvrtc;
 pub mod ops;
 
 pub use context::{driver_lib_candidates, driver_present, DeviceInfo, Gpu};
+/// The cudarc version the launchers are written against (its buffer types
+/// appear in their signatures).
+pub use cudarc;
 pub use nvrtc::{Arch, Output};
 
 use crate::prepost::PrepError;

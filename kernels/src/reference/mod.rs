@@ -6,7 +6,8 @@
 //! * [`postprocess_overlay`]: low-res logits → mask ([`crate::prepost`]) plus the
 //!   overlay (translucent fill + contour) onto the RGB frame.
 //! * [`nn`]: LayerNorm, LayerNorm2d, GELU, softmax, attention, window
-//!   partition, convolutions with folded BatchNorm, GEMMs (f32, f16, int8).
+//!   partition, convolutions with folded BatchNorm, the 2×2 stride-2 transposed
+//!   convolution (no kernel yet), GEMMs (f32, f16, int8).
 //! * [`fewshot`]: masked average pooling and cosine similarity to prototypes.
 //! * [`tol`]: the tolerance tiers of the parity tests.
 //!

@@ -465,6 +465,48 @@ pub fn conv2d_bn_act(
     Ok(out)
 }
 
+/// Transposed convolution with a 2×2 kernel and stride 2 (SAM's mask-decoder
+/// upscaling, `ConvTranspose2d(cin, cout, 2, stride=2)`), NCHW:
+/// `y[n,co,2i+dy,2j+dx] = bias[co] + Σ_ci x[n,ci,i,j]·w[ci,co,dy,dx]`, weights
+/// `cin × cout × 2 × 2` (PyTorch/ONNX layout), output `n × cout × 2h × 2w`.
+/// The windows do not overlap, so every output pixel is one dot product of
+/// length `cin`. There is no CUDA kernel for it yet (it is a GEMM over the
+/// `h·w × cin` tokens followed by a pixel shuffle).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2x2(
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+) -> Result<Vec<f32>, NnError> {
+    check("conv_transpose x", x.len(), &[n, cin, h, w])?;
+    check("conv_transpose weight", wt.len(), &[cin, cout, 2, 2])?;
+    check("conv_transpose bias", bias.len(), &[cout])?;
+    let (ho, wo) = (2 * h, 2 * w);
+    let mut out = vec![0f32; n * cout * ho * wo];
+    for b in 0..n {
+        for co in 0..cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let (i, j, dy, dx) = (oy / 2, ox / 2, oy % 2, ox % 2);
+                    let mut acc = f64::from(bias[co]);
+                    for ci in 0..cin {
+                        let xv = x[((b * cin + ci) * h + i) * w + j];
+                        let wv = wt[((ci * cout + co) * 2 + dy) * 2 + dx];
+                        acc += f64::from(xv) * f64::from(wv);
+                    }
+                    out[((b * cout + co) * ho + oy) * wo + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// GEMM with fused bias and activation, in PyTorch `Linear` layout:
 /// `c[m,n] = act(Σ_k a[m,k]·w[n,k] + bias[n])` (`a`: `m × k`, `w`: `n × k`).
 pub fn gemm_bias_act(
@@ -706,6 +748,24 @@ mod tests {
         }
         let y = conv2d_bn_act(&x, &id, &[1.0; 3], &[0.0; 3], d, Act::Relu).unwrap();
         assert_eq!(y, x);
+    }
+
+    #[test]
+    fn conv_transpose2x2_scatters_each_input_pixel_to_its_2x2_block() {
+        // one input channel, two output channels, 1×2 input
+        let x = [1.0f32, 2.0];
+        let wt = [1.0, 2.0, 3.0, 4.0, -1.0, 0.0, 0.5, 0.25];
+        let y = conv_transpose2x2(&x, &wt, &[0.5, -0.5], 1, 1, 2, 1, 2).unwrap();
+        // channel 0: block of pixel (0,0) = 1·[1 2; 3 4] + 0.5, of (0,1) = 2·[1 2; 3 4] + 0.5
+        assert_eq!(&y[..8], &[1.5, 2.5, 2.5, 4.5, 3.5, 4.5, 6.5, 8.5]);
+        // channel 1: 1·[-1 0; .5 .25] − 0.5 and 2·[...] − 0.5
+        assert_eq!(&y[8..], &[-1.5, -0.5, -2.5, -0.5, 0.0, -0.25, 0.5, 0.0]);
+        // two input channels add up
+        let x2 = [1.0f32, 1.0];
+        let w2 = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0];
+        let y2 = conv_transpose2x2(&x2, &w2, &[0.0], 1, 2, 1, 1, 1).unwrap();
+        assert_eq!(y2, vec![3.0; 4]);
+        assert!(conv_transpose2x2(&x2, &w2, &[0.0; 2], 1, 2, 1, 1, 1).is_err());
     }
 
     #[test]
