@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edgeseg_runtime::backend::{BackendOptions, PromptableSegmenter, RgbFrame, TractSegmenter};
+use edgeseg_runtime::backend::{self, BackendOptions, Device, RgbFrame};
 use edgeseg_runtime::bench::{self, BenchConfig};
 use edgeseg_runtime::bundle::VerifyPolicy;
 use edgeseg_runtime::{BoxPrompt, PointLabel, PointPrompt, Prompt};
@@ -52,11 +52,18 @@ struct BundleArgs {
     /// Require a valid signature by this Ed25519 public key (hex file, NAME.pub).
     #[arg(long)]
     pubkey: Option<PathBuf>,
+    /// Where the model runs: `auto` (the GPU if usable, else the CPU, with one
+    /// log line saying why), `cpu` (tract), or `gpu` (an error without a usable GPU).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 impl BundleArgs {
     fn options(&self) -> Result<BackendOptions> {
-        let mut o = BackendOptions::default();
+        let mut o = BackendOptions {
+            device: self.device,
+            ..BackendOptions::default()
+        };
         if let Some(t) = self.threads {
             o.threads = t;
         }
@@ -199,7 +206,7 @@ fn segment(a: SegmentArgs) -> Result<()> {
     }
     let (w, h, rgb) = read_rgb(&a.image)?;
     let t = Instant::now();
-    let mut seg = TractSegmenter::open(&a.bundle.bundle, &a.bundle.options()?)
+    let mut seg = backend::open_bundle(&a.bundle.bundle, &a.bundle.options()?)
         .with_context(|| format!("opening {}", a.bundle.bundle.display()))?;
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
@@ -244,6 +251,12 @@ fn segment(a: SegmentArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: BenchArgs) -> Result<()> {
+    if a.bundle.device == Device::Gpu {
+        bail!(
+            "edgeseg bench times the tract CPU backend only (--device cpu or auto); \
+             GPU timing is not implemented yet (kernels/bench/gpu-check.sh, issue 8 part 5)"
+        );
+    }
     let frame = match &a.image {
         Some(p) => {
             let (w, h, rgb) = read_rgb(p)?;
@@ -329,7 +342,17 @@ fn main() -> Result<()> {
         Command::BenchStream(a) => edgeseg_runtime::stream::cli::bench_stream(a),
         Command::Info => {
             println!("edgeseg {}", env!("CARGO_PKG_VERSION"));
-            println!("backends: tract-cpu (multithreaded); CUDA backend not in this build");
+            if cfg!(feature = "cuda") {
+                println!(
+                    "backends: tract-cpu (multithreaded); CUDA kernel plan (feature cuda, unverified on hardware)"
+                );
+                match backend::gpu_probe(&BackendOptions::default()) {
+                    Ok(()) => println!("GPU: CUDA driver and NVRTC found"),
+                    Err(e) => println!("GPU: not usable here ({e})"),
+                }
+            } else {
+                println!("backends: tract-cpu (multithreaded); CUDA backend not in this build (feature cuda)");
+            }
             Ok(())
         }
         Command::Segment(a) => segment(a),

@@ -373,57 +373,67 @@ impl TractSegmenter {
         h: usize,
         w: usize,
     ) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
-        let bad = |m: String| BackendError::InvalidPrompt(m);
-        if prompt.boxes.is_none() && prompt.points.is_empty() {
-            return Err(bad("no box and no points".into()));
-        }
-        if prompt.points.len() + 2 > MAX_POINTS {
-            return Err(bad(format!(
-                "{} points (at most {})",
-                prompt.points.len(),
-                MAX_POINTS - 2
-            )));
-        }
-        let mut coords = Vec::new();
-        let mut labels = Vec::new();
-        for p in &prompt.points {
-            if !(p.x.is_finite() && p.y.is_finite()) {
-                return Err(bad(format!("point ({}, {}) is not finite", p.x, p.y)));
-            }
-            let q = prepost::point_to_256([p.x as f64, p.y as f64], h, w);
-            coords.extend_from_slice(&q);
-            labels.push(match p.label {
-                PointLabel::Foreground => LABEL_FOREGROUND,
-                PointLabel::Background => LABEL_BACKGROUND,
-            });
-        }
-        match prompt.boxes {
-            Some(b) => {
-                let v = [b.x0, b.y0, b.x1, b.y1];
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(bad(format!("box {v:?} is not finite")));
-                }
-                if b.x1 < b.x0 || b.y1 < b.y0 {
-                    return Err(bad(format!("box {v:?} has x1 < x0 or y1 < y0")));
-                }
-                // clamp to the frame (tracking margins may overhang it)
-                let (mx, my) = ((w - 1) as f64, (h - 1) as f64);
-                let c = [
-                    (b.x0 as f64).clamp(0.0, mx),
-                    (b.y0 as f64).clamp(0.0, my),
-                    (b.x1 as f64).clamp(0.0, mx),
-                    (b.y1 as f64).clamp(0.0, my),
-                ];
-                coords.extend_from_slice(&prepost::box_to_256(c, h, w));
-                labels.extend([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]);
-            }
-            None => {
-                coords.extend([0.0, 0.0]);
-                labels.push(LABEL_PADDING);
-            }
-        }
-        Ok((coords, labels))
+        prompt_points(prompt, h, w)
     }
+}
+
+/// SAM-convention points and labels for `prompt` on a `h`×`w` frame, in model
+/// space (shared with the kernel-plan backends).
+pub(crate) fn prompt_points(
+    prompt: &Prompt,
+    h: usize,
+    w: usize,
+) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
+    let bad = |m: String| BackendError::InvalidPrompt(m);
+    if prompt.boxes.is_none() && prompt.points.is_empty() {
+        return Err(bad("no box and no points".into()));
+    }
+    if prompt.points.len() + 2 > MAX_POINTS {
+        return Err(bad(format!(
+            "{} points (at most {})",
+            prompt.points.len(),
+            MAX_POINTS - 2
+        )));
+    }
+    let mut coords = Vec::new();
+    let mut labels = Vec::new();
+    for p in &prompt.points {
+        if !(p.x.is_finite() && p.y.is_finite()) {
+            return Err(bad(format!("point ({}, {}) is not finite", p.x, p.y)));
+        }
+        let q = prepost::point_to_256([p.x as f64, p.y as f64], h, w);
+        coords.extend_from_slice(&q);
+        labels.push(match p.label {
+            PointLabel::Foreground => LABEL_FOREGROUND,
+            PointLabel::Background => LABEL_BACKGROUND,
+        });
+    }
+    match prompt.boxes {
+        Some(b) => {
+            let v = [b.x0, b.y0, b.x1, b.y1];
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(bad(format!("box {v:?} is not finite")));
+            }
+            if b.x1 < b.x0 || b.y1 < b.y0 {
+                return Err(bad(format!("box {v:?} has x1 < x0 or y1 < y0")));
+            }
+            // clamp to the frame (tracking margins may overhang it)
+            let (mx, my) = ((w - 1) as f64, (h - 1) as f64);
+            let c = [
+                (b.x0 as f64).clamp(0.0, mx),
+                (b.y0 as f64).clamp(0.0, my),
+                (b.x1 as f64).clamp(0.0, mx),
+                (b.y1 as f64).clamp(0.0, my),
+            ];
+            coords.extend_from_slice(&prepost::box_to_256(c, h, w));
+            labels.extend([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]);
+        }
+        None => {
+            coords.extend([0.0, 0.0]);
+            labels.push(LABEL_PADDING);
+        }
+    }
+    Ok((coords, labels))
 }
 
 impl PromptableSegmenter for TractSegmenter {

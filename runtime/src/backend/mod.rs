@@ -11,9 +11,14 @@
 use crate::prompt::Prompt;
 
 pub mod cpu;
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+pub mod kplan;
 pub mod tract_ops;
 
 pub use cpu::TractSegmenter;
+pub use device::{Device, GpuUnavailable};
 
 /// One RGB8 frame, interleaved `height × width × 3`, row-major, no row padding.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +167,10 @@ pub struct BackendOptions {
     pub threads: usize,
     /// What to require of the bundle's signature.
     pub verify: crate::bundle::VerifyPolicy,
+    /// Which device runs the model (`auto`: the GPU if usable, else the CPU).
+    pub device: Device,
+    /// GPU ordinal for the CUDA backend.
+    pub gpu_ordinal: usize,
 }
 
 impl Default for BackendOptions {
@@ -169,15 +178,114 @@ impl Default for BackendOptions {
         Self {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             verify: crate::bundle::VerifyPolicy::default(),
+            device: Device::Auto,
+            gpu_ordinal: 0,
         }
     }
 }
 
-/// Opens the bundle at `path` on the best backend available here: today the
-/// tract CPU backend (the CUDA backend will be tried first once it exists).
+/// A backend opened by [`select_backend`], and why the GPU was not used when
+/// it was asked for (`auto`) but the CPU runs the model.
+pub struct Opened {
+    /// The backend.
+    pub backend: Box<dyn PromptableSegmenter>,
+    /// `Some` when `auto` fell back to the CPU.
+    pub fallback: Option<GpuUnavailable>,
+}
+
+/// Tries the CUDA backend for the bundle at `path` (checking the CUDA
+/// libraries and the device before the bundle).
+#[cfg(feature = "cuda")]
+fn try_gpu(
+    path: &std::path::Path,
+    options: &BackendOptions,
+) -> Result<Box<dyn PromptableSegmenter>, GpuUnavailable> {
+    Ok(Box::new(gpu::open(path, options)?))
+}
+
+/// Without the `cuda` feature there is no GPU backend.
+#[cfg(not(feature = "cuda"))]
+fn try_gpu(
+    _path: &std::path::Path,
+    _options: &BackendOptions,
+) -> Result<Box<dyn PromptableSegmenter>, GpuUnavailable> {
+    Err(GpuUnavailable::NotBuilt)
+}
+
+/// Opens the bundle at `path` on the backend `options.device` selects:
+/// `cpu` = tract; `gpu` = the CUDA backend or an error naming why there is
+/// none; `auto` = the CUDA backend if it opens, else tract, reporting the
+/// reason in [`Opened::fallback`]. Logs nothing (see [`open_bundle`]).
+pub fn select_backend(
+    path: &std::path::Path,
+    options: &BackendOptions,
+) -> Result<Opened, BackendError> {
+    let tract = || -> Result<Box<dyn PromptableSegmenter>, BackendError> {
+        Ok(Box::new(TractSegmenter::open(path, options)?))
+    };
+    match options.device {
+        Device::Cpu => Ok(Opened {
+            backend: tract()?,
+            fallback: None,
+        }),
+        Device::Gpu => match try_gpu(path, options) {
+            Ok(backend) => Ok(Opened {
+                backend,
+                fallback: None,
+            }),
+            Err(e) => Err(BackendError::Unavailable(format!(
+                "GPU backend requested (device gpu) but not usable: {e}"
+            ))),
+        },
+        Device::Auto => match try_gpu(path, options) {
+            Ok(backend) => Ok(Opened {
+                backend,
+                fallback: None,
+            }),
+            Err(reason) => Ok(Opened {
+                backend: tract()?,
+                fallback: Some(reason),
+            }),
+        },
+    }
+}
+
+/// Opens the bundle at `path` on the backend `options.device` selects (see
+/// [`select_backend`]). When `auto` falls back to the CPU it logs exactly one
+/// line to stderr naming the reason ([`device::fallback_line`]); that line
+/// is printed before the CPU backend is opened, so it also appears when the
+/// bundle then fails to open.
 pub fn open_bundle(
     path: &std::path::Path,
     options: &BackendOptions,
 ) -> Result<Box<dyn PromptableSegmenter>, BackendError> {
-    Ok(Box::new(TractSegmenter::open(path, options)?))
+    if options.device == Device::Auto {
+        if let Err(reason) = gpu_probe(options) {
+            eprintln!("{}", device::fallback_line(&reason));
+            let cpu = BackendOptions {
+                device: Device::Cpu,
+                ..options.clone()
+            };
+            return Ok(select_backend(path, &cpu)?.backend);
+        }
+    }
+    let opened = select_backend(path, options)?;
+    if let Some(reason) = &opened.fallback {
+        eprintln!("{}", device::fallback_line(reason));
+    }
+    Ok(opened.backend)
+}
+
+/// Whether a GPU is usable here at all (libraries and device; no bundle, no
+/// kernel compilation). Never panics.
+pub fn gpu_probe(options: &BackendOptions) -> Result<(), GpuUnavailable> {
+    #[cfg(feature = "cuda")]
+    {
+        gpu::probe(options.gpu_ordinal)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = options;
+        Err(GpuUnavailable::NotBuilt)
+    }
 }

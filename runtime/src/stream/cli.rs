@@ -16,7 +16,7 @@ use super::pipeline::{percentile, run_stream, BackendChoice, RunSummary, StreamC
 use super::prompting::PromptSpec;
 use super::sink::{JsonLog, MaskPngs, PngFrames, Sink, Y4mVideo};
 use super::source::{open_source, Source, SyntheticSource};
-use crate::backend::{open_bundle, BackendOptions, PromptableSegmenter};
+use crate::backend::{open_bundle, BackendOptions, Device, PromptableSegmenter};
 use crate::bundle::{Bundle, VerifyPolicy};
 use crate::fewshot::{AutoPromptConfig, HeadConfig, PrototypeSet};
 use crate::prompt::BoxPrompt;
@@ -38,6 +38,10 @@ pub struct AiArgs {
     /// CPU threads for the model [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the model runs: `auto` (the GPU if usable, else the CPU, with one
+    /// log line saying why), `cpu` (tract), or `gpu` (an error without a usable GPU).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 }
 
 /// Pipeline timing options.
@@ -127,6 +131,9 @@ pub struct DemoArgs {
     /// Oldest annotation that may be drawn (capture → composition), ms.
     #[arg(long, default_value_t = 120)]
     deadline_ms: u64,
+    /// Where the model runs: auto, cpu or gpu (see `edgeseg run --help`).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Watchdog, ms. Longer than `run`'s default because a teacher-sized model
     /// takes seconds per frame on a CPU; a student fits the 500 ms default.
     #[arg(long, default_value_t = 10_000)]
@@ -179,7 +186,10 @@ fn chain(ai: &AiArgs) -> Result<Vec<BackendChoice>> {
     let Some(bundle) = ai.bundle.clone() else {
         bail!("give --bundle B, --mock SPEC or --ai-off");
     };
-    let mut options = BackendOptions::default();
+    let mut options = BackendOptions {
+        device: ai.device,
+        ..BackendOptions::default()
+    };
     if let Some(t) = ai.threads {
         options.threads = t.max(1);
     }
@@ -476,12 +486,22 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let bundle = args.bundle.clone().or_else(default_bundle);
     let chain = match bundle {
         Some(b) => {
-            let options = BackendOptions::default();
+            let options = BackendOptions {
+                device: args.device,
+                ..BackendOptions::default()
+            };
             match open_bundle(&b, &options) {
                 Ok(backend) => {
                     println!("model: {} on {}", b.display(), backend.name());
+                    // the stream reopens it: on the device just chosen, so an
+                    // `auto` fallback is logged once
+                    let device = if backend.name().starts_with("tract") {
+                        Device::Cpu
+                    } else {
+                        Device::Gpu
+                    };
                     drop(backend);
-                    vec![bundle_choice(b, options)]
+                    vec![bundle_choice(b, BackendOptions { device, ..options })]
                 }
                 Err(e) => {
                     println!("MODEL NOT AVAILABLE: {e}");
