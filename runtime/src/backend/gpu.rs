@@ -13,14 +13,15 @@
 //!   weight once. Each failure is a [`GpuUnavailable`] naming its cause, so
 //!   `backend::open_bundle` can fall back to tract with one log line.
 //! * Ops with a kernel run on the GPU: `Conv` (1×1, 3×3 stride 1/2, depthwise
-//!   3×3), `Gemm`, `LayerNorm`, `LayerNorm2d`, `Gelu`, and `Attention` (head
+//!   3×3), `Gemm` and `MatMulBt` (the GEMM kernel), `LayerNorm`, `LayerNorm2d`,
+//!   `Gelu`, and `Attention` (head
 //!   dimension 16/32/64; q/k/v are gathered and rounded to f16 on the host,
 //!   because there is no cast/gather kernel yet).
 //! * Ops without a kernel run on the host: the operands are downloaded, the
 //!   CPU reference runs ([`kplan::run_op_host`]), the result is uploaded.
 //!   Today that is `Add`, `AddWeight`, `Transpose`, `WindowPartition` /
 //!   `WindowReverse` (f32; the kernels are f16-only), `ConvTranspose2x2`,
-//!   `Slice`, `Concat`, `MatMulBt`, `PromptTokens`, and convolutions of other
+//!   `Slice`, `Concat`, `PromptTokens`, and convolutions of other
 //!   shapes. Correct but slow: these round trips, not the kernels, would
 //!   dominate a frame until those kernels exist.
 //! * TODO: CUDA graphs for the per-frame launch sequence (the programs are
@@ -32,7 +33,7 @@ use std::sync::Arc;
 
 use edgeseg_kernels::gpu::cudarc::driver::CudaSlice;
 use edgeseg_kernels::gpu::{nvrtc, Gpu, GpuError};
-use edgeseg_kernels::reference::nn::{AttnShape, Strides};
+use edgeseg_kernels::reference::nn::{Act, AttnShape, Strides};
 use edgeseg_kernels::reference::{from_f16_bits, to_f16_bits};
 
 use super::kplan::{
@@ -213,6 +214,21 @@ impl CudaExecutor {
                     *n,
                     *k,
                     *act,
+                )
+                .map_err(device)?;
+                Ok(y)
+            }
+            Op::MatMulBt { a, b, m, n, k, .. } => {
+                let mut y = out()?;
+                g.gemm_bias_act_f32(
+                    Self::get(bufs, *a)?,
+                    Self::get(bufs, *b)?,
+                    None,
+                    &mut y,
+                    *m,
+                    *n,
+                    *k,
+                    Act::None,
                 )
                 .map_err(device)?;
                 Ok(y)
