@@ -22,6 +22,7 @@ pub mod fewshot;
 pub mod onnx_weights;
 pub mod profile;
 pub mod prompt;
+pub mod quant;
 pub mod stream;
 
 pub use backend::{BackendError, Embedding, PromptableSegmenter, RgbFrame, Segmentation};

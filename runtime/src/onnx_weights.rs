@@ -9,11 +9,17 @@
 //! is opened, [`attach`] fills those initializers back from the tensor table,
 //! checking dtype and shape, before the graph is handed to tract. The graph
 //! sections stay valid ONNX and the weights are stored once.
+//!
+//! A quantized bundle (`edgeseg-tools quantize`) stores some of those tensors as
+//! `i8` + per-channel scales or as `f16`, with the scheme in the manifest's
+//! `quantization` map; [`attach`] dequantizes them exactly to `f32` (see
+//! [`crate::quant`]), so the graph tract runs is float.
 
 use prost::Message;
 use tract_onnx::pb;
 
 use crate::bundle::{Bundle, DType};
+use crate::quant;
 
 /// Float initializers with at least this many elements go to the tensor table;
 /// smaller ones (scalars, shapes) stay inline in the graph.
@@ -168,10 +174,10 @@ pub fn attach(
         let t = bundle
             .tensor(&tname)
             .ok_or_else(|| err(format!("tensor `{tname}` is not in the bundle")))?;
-        if init.data_type != pb::tensor_proto::DataType::Float as i32 || t.dtype != DType::F32 {
+        if init.data_type != pb::tensor_proto::DataType::Float as i32 {
             return Err(err(format!(
-                "only f32 external tensors are supported (graph type {}, bundle {:?})",
-                init.data_type, t.dtype
+                "only float external initializers are supported (graph type {})",
+                init.data_type
             )));
         }
         let same_shape = t.shape.len() == init.dims.len()
@@ -182,7 +188,15 @@ pub fn attach(
                 t.shape, init.dims
             )));
         }
-        init.raw_data = t.bytes.to_vec();
+        let scheme = bundle.manifest().quantization.get(&tname);
+        let raw = if scheme.is_none() && t.dtype == DType::F32 {
+            t.bytes.to_vec()
+        } else {
+            let values = quant::dequantize(&t, scheme, |n| bundle.tensor(n))
+                .map_err(|e| err(e.to_string()))?;
+            quant::f32_le_bytes(&values)
+        };
+        init.raw_data = raw;
         init.data_location = None;
         init.external_data.clear();
     }

@@ -552,4 +552,52 @@ fn write_fuzz_seed_corpus() {
     fix_trailer(&mut v2);
     write("version_2.bin", &v2);
     write("tensor_table.bin", &table("w", 1, &[2, 3], 0, 24));
+    write("quantized.bin", &quantized_bundle());
+}
+
+/// A bundle with weight-only quantized tensors (int8 per channel + scales, f16 cast),
+/// as `edgeseg-tools quantize` writes them: a fuzz seed for `quant::tensor_f32`.
+fn quantized_bundle() -> Vec<u8> {
+    let mut m = Manifest::minimal("m", "q", "0");
+    m.quantization.insert(
+        "g/w".into(),
+        Quantization::PerChannel {
+            axis: 0,
+            scales: "g/w.scale".into(),
+            zero_points: None,
+        },
+    );
+    m.quantization.insert("g/b".into(), Quantization::Cast);
+    let scales: Vec<u8> = [0.5f32, 0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let f16_one = 0x3c00u16.to_le_bytes();
+    BundleWriter::new(m)
+        .tensor("g/w", DType::I8, &[2, 3], vec![1, 2, 3, 0xff, 0xfe, 0x81])
+        .tensor("g/w.scale", DType::F32, &[2], scales)
+        .tensor("g/b", DType::F16, &[2], [f16_one, f16_one].concat())
+        .to_bytes()
+        .unwrap()
+}
+
+#[test]
+fn quantized_tensors_dequantize_by_their_manifest_scheme() {
+    let bytes = quantized_bundle();
+    let b = Bundle::from_bytes(&bytes, &VerifyPolicy::default()).unwrap();
+    let w = edgeseg_runtime::quant::tensor_f32(&b, "g/w")
+        .unwrap()
+        .unwrap();
+    assert_eq!(w, vec![0.5, 1.0, 1.5, -0.25, -0.5, -127.0 * 0.25]);
+    let bias = edgeseg_runtime::quant::tensor_f32(&b, "g/b")
+        .unwrap()
+        .unwrap();
+    assert_eq!(bias, vec![1.0, 1.0]);
+    assert_eq!(
+        edgeseg_runtime::quant::tensor_f32(&b, "g/w.scale")
+            .unwrap()
+            .unwrap(),
+        vec![0.5, 0.25]
+    );
+    assert!(edgeseg_runtime::quant::tensor_f32(&b, "missing").is_none());
 }

@@ -4,7 +4,9 @@
 //! hash comparisons (see `CHECK_HASHES`), so mutated inputs reach the section
 //! table, manifest and tensor-table checks. Each input is also parsed with its
 //! header file length and trailer hash rewritten to match, and fed to the
-//! tensor-table and manifest parsers directly.
+//! tensor-table and manifest parsers directly. Every tensor of a bundle that
+//! opens is dequantized by its manifest scheme (`quant::tensor_f32`), the path
+//! the runtime takes when it attaches weights to a graph.
 #![no_main]
 
 use edgeseg_runtime::bundle::{self, Bundle, VerifyPolicy};
@@ -23,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
             // Touch everything a backend would use.
             for t in bundle.tensors() {
                 assert_eq!(t.bytes.len() as u64 % t.dtype.size(), 0);
+                if let Some(Ok(v)) = edgeseg_runtime::quant::tensor_f32(&bundle, t.name) {
+                    let n: u64 = t.shape.iter().product();
+                    assert_eq!(v.len() as u64, n);
+                }
             }
             for name in bundle.graph_names() {
                 assert!(bundle.graph(name).is_some());
