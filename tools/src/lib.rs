@@ -3,8 +3,8 @@
 //! The offline side of edgeseg, as a library behind the `edgeseg-tools` binary:
 //! datasets and their manifests ([`dataset`]), 2D/3D masks ([`grid`]), segmentation
 //! metrics ([`metrics`]), the evaluation harness ([`eval`]) and the segmenter interface
-//! with its non-learned baselines ([`segmenter`]). Distillation, quantization, export,
-//! bundling, signing and flashing will join them here.
+//! with its non-learned baselines ([`segmenter`]), distillation ([`distill`]), weight
+//! quantization with a calibration guard ([`quantize`]), export and bundling ([`bundling`]).
 #![forbid(unsafe_code)]
 
 pub mod bundle_segmenter;
@@ -18,5 +18,6 @@ pub mod keys;
 pub mod litemedsam;
 pub mod metrics;
 pub mod overlay;
+pub mod quantize;
 pub mod segmenter;
 pub mod teacher;

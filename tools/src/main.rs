@@ -24,6 +24,7 @@ use edgeseg_tools::{bundling, keys, overlay, teacher};
 
 mod distill_cli;
 mod fewshot_cli;
+mod quantize_cli;
 
 #[derive(Parser)]
 #[command(name = "edgeseg-tools", version, about = "edgeseg offline tools")]
@@ -127,6 +128,10 @@ enum Command {
         #[arg(long)]
         sign: Option<PathBuf>,
     },
+    /// Quantize a float bundle's weights (int8 per output channel, f16, or mixed), measure
+    /// the output error against the float bundle on calibration frames, and refuse a
+    /// bundle below the accuracy guard unless forced.
+    Quantize(Box<quantize_cli::QuantizeArgs>),
     /// Verify a bundle and print its manifest, sections and tensors.
     Inspect {
         /// The bundle.
@@ -417,6 +422,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Quantize(args) => quantize_cli::run(*args),
         Command::Inspect {
             bundle,
             pubkey,
