@@ -13,7 +13,8 @@
 //!   kernels' CPU references (`edgeseg_kernels::reference`): it is slow (f64
 //!   accumulation, naive loops) and exists to prove that the plan computes the
 //!   model (tests compare it with the tract backend). The CUDA executor
-//!   (`backend::gpu`, feature `cuda`) runs the same programs on the kernels.
+//!   (`backend::gpu`, feature `cuda`) runs the same programs on the kernels;
+//!   it is compile-checked only and has never run on a GPU.
 //! * [`PlanSegmenter`] drives the two programs as a [`super::PromptableSegmenter`].
 //!
 //! Numerics follow the GPU kernels: everything is f32 except attention, whose
