@@ -11,6 +11,7 @@ use edgeseg_runtime::backend::BackendOptions;
 use edgeseg_runtime::bundle::{hex, Bundle, VerifyPolicy};
 use edgeseg_tools::dataset::Split;
 use edgeseg_tools::distill::cache::{self, CacheBuildConfig, TeacherCache};
+use edgeseg_tools::distill::embedding_norm::{EmbeddingNorm, EmbeddingTarget};
 use edgeseg_tools::distill::provenance::TrainingProvenance;
 use edgeseg_tools::distill::train::{self, LossWeights, RunPaths, Stage, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -115,6 +116,11 @@ pub struct TrainArgs {
     /// Stage-2 weight of the ground-truth loss.
     #[arg(long, default_value_t = LossWeights::default().ground_truth)]
     pub w_gt: f64,
+    /// Target of the embedding loss: the pooled teacher embedding standardised per channel
+    /// (default), or as it is (`raw`, what runs before session 5 used; its loss is dominated
+    /// by the channel means).
+    #[arg(long, value_enum, default_value = "standardized")]
+    pub embedding_target: EmbeddingTarget,
 }
 
 /// Runs a distill subcommand.
@@ -230,6 +236,7 @@ fn train_stage(a: TrainArgs) -> Result<()> {
             ground_truth: a.w_gt,
         },
         checkpoint_every: a.checkpoint_every,
+        embedding_target: a.embedding_target,
     };
     println!(
         "{} stage {}: {} records, teacher {} ({})",
@@ -268,7 +275,14 @@ fn train_stage(a: TrainArgs) -> Result<()> {
         }
         let s = train::Student::new(&cfg.student, cache.header.embedding[0])?;
         s.load(&paths.weights)?;
-        let val = train::validate(&s, &vc, cfg.batch)?;
+        let e = cfg.student.embedding_size();
+        let norm = EmbeddingNorm::for_run(
+            cfg.embedding_target,
+            &a.out,
+            &cache,
+            cache.header.embedding[1] / e.max(1),
+        )?;
+        let val = train::validate(&s, &vc, cfg.batch, &norm)?;
         println!(
             "validation ({} images): embedding MSE {:.5}; low-res Dice with the tight box: \
              student {:.2} %, teacher {:.2} %",

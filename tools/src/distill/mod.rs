@@ -3,6 +3,7 @@
 //! candle ([`train`]), with loss curves ([`plot`]).
 
 pub mod cache;
+pub mod embedding_norm;
 pub mod plot;
 pub mod provenance;
 pub mod train;

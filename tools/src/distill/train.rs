@@ -26,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::cache::TeacherCache;
+use super::embedding_norm::{EmbeddingNorm, EmbeddingTarget};
 use super::DistillError;
 
 /// Prefix of the training-only adapter's tensors (not part of the student).
@@ -101,6 +102,9 @@ pub struct TrainConfig {
     pub loss_weights: LossWeights,
     /// Checkpoint every this many steps (and at every epoch end).
     pub checkpoint_every: usize,
+    /// Target of the embedding loss (runs stored without it read as `raw`).
+    #[serde(default)]
+    pub embedding_target: EmbeddingTarget,
 }
 
 /// Progress of a run, saved beside its checkpoint.
@@ -167,11 +171,11 @@ impl RunPaths {
     }
 }
 
-fn cerr(e: candle_core::Error) -> DistillError {
+pub(crate) fn cerr(e: candle_core::Error) -> DistillError {
     DistillError::Train(e.to_string())
 }
 
-fn ferr(path: &Path, e: impl std::fmt::Display) -> DistillError {
+pub(crate) fn ferr(path: &Path, e: impl std::fmt::Display) -> DistillError {
     DistillError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -431,6 +435,7 @@ pub fn losses(
     batch: &Batch,
     stage: Stage,
     w: &LossWeights,
+    norm: &EmbeddingNorm,
 ) -> Result<(Tensor, [f32; 3]), DistillError> {
     let run = || -> candle_core::Result<(Tensor, [f32; 3])> {
         let emb = student
@@ -444,6 +449,7 @@ pub fn losses(
         } else {
             batch.embeddings.avg_pool2d(th / e)?
         };
+        let target = norm.apply(&target)?;
         let pred = student.adapter.forward(&emb)?;
         let l_emb = (pred - target)?.sqr()?.mean_all()?;
         let le = l_emb.to_scalar::<f32>()?;
@@ -507,6 +513,7 @@ pub fn validate(
     student: &Student,
     cache: &TeacherCache,
     batch: usize,
+    norm: &EmbeddingNorm,
 ) -> Result<Validation, DistillError> {
     let s = cache.header.input_size;
     let mut v = Validation::default();
@@ -538,6 +545,7 @@ pub fn validate(
             } else {
                 b.embeddings.avg_pool2d(th / e)?
             };
+            let target = norm.apply(&target)?;
             let mse = (student.adapter.forward(&emb)? - target)?
                 .sqr()?
                 .mean_all()?
@@ -662,6 +670,7 @@ pub fn train(
         return Ok(state);
     }
 
+    let norm = EmbeddingNorm::for_run(cfg.embedding_target, run_dir, cache, th / e)?;
     let records = usable_records(cache, cfg.stage);
     if records.is_empty() {
         return Err(DistillError::Config(
@@ -716,7 +725,7 @@ pub fn train(
         let batch = make_batch(cache, &idx, cfg.augment, &mut brng)?;
         let lr = learning_rate(cfg, state.step, total);
         opt.set_learning_rate(lr);
-        let (loss, parts) = losses(&student, &batch, cfg.stage, &cfg.loss_weights)?;
+        let (loss, parts) = losses(&student, &batch, cfg.stage, &cfg.loss_weights, &norm)?;
         let total_loss = loss.to_scalar::<f32>().map_err(cerr)?;
         if !total_loss.is_finite() {
             return Err(DistillError::Train(format!(
@@ -869,6 +878,7 @@ mod tests {
             seed: 0,
             augment: false,
             loss_weights: LossWeights::default(),
+            embedding_target: EmbeddingTarget::Standardized,
             checkpoint_every: 1,
         };
         assert!((learning_rate(&cfg, 0, 100) - 0.1).abs() < 1e-12);
