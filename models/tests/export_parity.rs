@@ -159,11 +159,7 @@ fn check_model(model: &LiteMedSam, graphs: &ExportedGraphs, image: &[f32], promp
     assert!(err <= TOL, "encoder output differs: {err:e} > {TOL:e}");
 
     for p in prompts {
-        let (sparse, dense) = model.embed_prompt(p).unwrap();
-        let (masks, iou) = model
-            .mask_decoder
-            .predict_all(&want_emb, &model.dense_pe().unwrap(), &sparse, &dense)
-            .unwrap();
+        let (masks, iou) = model.predict_all(&want_emb, p).unwrap();
         let want_masks: Vec<f32> = masks.flatten_all().unwrap().to_vec1().unwrap();
         let want_iou: Vec<f32> = iou.flatten_all().unwrap().to_vec1().unwrap();
         let (xy, lab) = sam_points(p);

@@ -128,6 +128,7 @@ fn litemedsam_manifest(
         "decoder_depth".into(),
         j(serde_json::json!(cfg.decoder_depth)),
     );
+    details.insert("box_prior".into(), j(serde_json::json!(cfg.box_prior)));
     details.insert("onnx_opset".into(), j(serde_json::json!(onnx::OPSET)));
     details.insert(
         "point_labels".into(),

@@ -222,11 +222,14 @@ fn distill_pipeline_learns_on_fixtures() {
     let out = tools(&a2);
     assert!(out.contains("validation (6 images)"), "{out}");
     let l2 = losses(&run.join("stage2/loss.csv"));
-    let first: Vec<f64> = l2[..4].iter().map(|r| r[4]).collect();
-    let last: Vec<f64> = l2[l2.len() - 4..].iter().map(|r| r[4]).collect();
+    // the total: the random tiny teacher's masks disagree with the ground truth, and the
+    // student's box prior already fits the fixture masks, so the ground-truth term alone
+    // need not fall in 30 steps
+    let first: Vec<f64> = l2[..4].iter().map(|r| r[1]).collect();
+    let last: Vec<f64> = l2[l2.len() - 4..].iter().map(|r| r[1]).collect();
     assert!(
-        mean(&last) < mean(&first),
-        "stage 2 ground-truth loss did not decrease: {first:?} → {last:?}"
+        mean(&last) < 0.9 * mean(&first),
+        "stage 2 loss did not decrease: {first:?} → {last:?}"
     );
     assert!(run.join("stage2/validation.json").is_file());
 

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use tract_onnx::pb;
 
 use super::onnx::{Attr, GraphBuilder};
-use crate::litemedsam::LiteMedSamConfig;
+use crate::litemedsam::{LiteMedSamConfig, BOX_PRIOR_LOGIT};
 use crate::weights::TensorMap;
 use crate::ModelError;
 
@@ -617,6 +617,72 @@ fn dense_pe_tokens(gauss: &[f32], d: usize, e: usize) -> Vec<f32> {
     out
 }
 
+/// The box prior ([`crate::litemedsam::box_prior`]) as graph nodes: `1×1×L×L`
+/// logits from the box corners among the prompt points (labels 2 and 3), zero
+/// when the prompt has no box. Corners are averaged if a prompt repeats them.
+fn box_prior_graph(
+    g: &mut GraphBuilder,
+    coords: &str,
+    point_labels: &str,
+    img_size: usize,
+    side: usize,
+) -> String {
+    g.scoped("mask_decoder.box_prior", |g| {
+        let one = g.scalar_f32("one", 1.0);
+        let half = g.scalar_f32("half", 0.5);
+        let neg_one = g.scalar_f32("neg_one", -1.0);
+        let height = g.scalar_f32("height", BOX_PRIOR_LOGIT);
+        let ax1 = g.const_i64("axes", &[1]);
+        let ax_last = g.const_i64("axes", &[-1]);
+        // mean corner with label `lab` (1×1×2) and whether there is one (1×1×1)
+        let corner = |g: &mut GraphBuilder, lab: f32| {
+            let l = g.scalar_f32("label", lab);
+            let d = g.op("Sub", &[point_labels, &l], &[]);
+            let d = g.op("Abs", &[&d], &[]);
+            let d = g.op("Sub", &[&one, &d], &[]);
+            let sel = g.op("Relu", &[&d], &[]); // 1×N: 1 where label == lab
+            let row = g.op("Unsqueeze", &[&sel, &ax1], &[]); // 1×1×N
+            let col = g.op("Unsqueeze", &[&sel, &ax_last], &[]); // 1×N×1
+            let sum = g.op("MatMul", &[&row, coords], &[]); // 1×1×2
+            let count = g.op("MatMul", &[&row, &col], &[]); // 1×1×1
+            let denom = g.op("Max", &[&count, &one], &[]);
+            let mean = g.op("Div", &[&sum, &denom], &[]);
+            let present = g.op("Min", &[&count, &one], &[]);
+            (mean, present)
+        };
+        let (tl, has_tl) = corner(g, labels::BOX_TOP_LEFT);
+        let (br, has_br) = corner(g, labels::BOX_BOTTOM_RIGHT);
+        let centre = g.add(&tl, &br);
+        let centre = g.mul(&centre, &half);
+        let radius = g.op("Sub", &[&br, &tl], &[]);
+        let radius = g.mul(&radius, &half);
+        let radius = g.op("Max", &[&radius, &one], &[]);
+        let i0 = g.const_i64("index", &[0]);
+        let i1 = g.const_i64("index", &[1]);
+        let pick = |g: &mut GraphBuilder, t: &str, i: &str| {
+            g.op("Gather", &[t, i], &[("axis", Attr::Int(2))]) // 1×1×1
+        };
+        let (cx, cy) = (pick(g, &centre, &i0), pick(g, &centre, &i1));
+        let (rx, ry) = (pick(g, &radius, &i0), pick(g, &radius, &i1));
+        let scale = img_size as f32 / side.max(1) as f32;
+        let grid: Vec<f32> = (0..side).map(|j| (j as f32 + 0.5) * scale).collect();
+        let xs = g.const_f32("x", &[1, 1, 1, side], &grid);
+        let ys = g.const_f32("y", &[1, 1, side, 1], &grid);
+        let u = g.op("Sub", &[&xs, &cx], &[]);
+        let u = g.op("Div", &[&u, &rx], &[]);
+        let v = g.op("Sub", &[&ys, &cy], &[]);
+        let v = g.op("Div", &[&v, &ry], &[]);
+        let u2 = g.mul(&u, &u);
+        let v2 = g.mul(&v, &v);
+        let r2 = g.add(&u2, &v2); // 1×1×L×L
+        let p = g.op("Sub", &[&one, &r2], &[]);
+        let p = g.op("Clip", &[&p, &neg_one, &one], &[]);
+        let p = g.mul(&p, &height);
+        let has_box = g.mul(&has_tl, &has_br); // 1×1×1
+        g.mul(&p, &has_box)
+    })
+}
+
 /// Exports the prompt encoder + mask decoder (`prompt_encoder.*` and
 /// `mask_decoder.*` tensors of `map`).
 pub fn export_decoder(
@@ -837,6 +903,12 @@ pub fn export_decoder(
     let uf = g.reshape(&u, &[1, d8 as i64, e4 * e4]);
     let masks = g.op("MatMul", &[&hyper, &uf], &[]);
     let masks = g.reshape(&masks, &[1, nm as i64, e4, e4]);
+    let masks = if cfg.box_prior {
+        let prior = box_prior_graph(g, &coords, &labels, cfg.img_size, cfg.low_res_size());
+        g.add(&masks, &prior)
+    } else {
+        masks
+    };
     let idx0 = g.const_i64("index", &[0]);
     let iou_tok = g.op("Gather", &[&hs, &idx0], &[("axis", Attr::Int(1))]); // 1×1×D
     let mut dims = vec![d];

@@ -57,7 +57,17 @@ pub struct LiteMedSamConfig {
     /// then D/8→D/8 for each one beyond two. The low-res logits side is
     /// `embedding_size() × 2^decoder_upscales` and must equal `img_size`.
     pub decoder_upscales: usize,
+    /// Adds the box prior ([`crate::litemedsam::box_prior`]: an ellipse
+    /// inscribed in the prompt box, ±[`BOX_PRIOR_LOGIT`]) to every mask logit
+    /// map when the prompt has a box, so that the decoder learns a residual
+    /// (false for the teacher; configurations stored without it read false).
+    #[serde(default)]
+    pub box_prior: bool,
 }
+
+/// Height of the box prior in logits: +this at the ellipse's centre, −this
+/// from the ellipse's "radius" √2 outwards (the box's corners and beyond).
+pub const BOX_PRIOR_LOGIT: f32 = 4.0;
 
 /// Names accepted by [`LiteMedSamConfig::preset`].
 pub const PRESETS: [&str; 5] = ["litemedsam", "edge-s", "edge-m", "tiny", "tiny-student"];
@@ -85,6 +95,7 @@ impl LiteMedSamConfig {
             iou_head_depth: 3,
             mask_in_chans: 16,
             decoder_upscales: 2,
+            box_prior: false,
         }
     }
 
@@ -111,6 +122,7 @@ impl LiteMedSamConfig {
             iou_head_depth: 3,
             mask_in_chans: 8,
             decoder_upscales: 3,
+            box_prior: true,
         }
     }
 
@@ -151,6 +163,7 @@ impl LiteMedSamConfig {
             iou_head_depth: 3,
             mask_in_chans: 8,
             decoder_upscales: 2,
+            box_prior: false,
         }
     }
 
@@ -163,6 +176,7 @@ impl LiteMedSamConfig {
             stem_stride: 4,
             merge_strides: [2, 1, 1],
             decoder_upscales: 3,
+            box_prior: true,
             ..Self::tiny()
         }
     }

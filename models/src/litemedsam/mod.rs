@@ -32,7 +32,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use edgeseg_kernels::prepost::{self, Preprocessed};
 
-pub use config::LiteMedSamConfig;
+pub use config::{LiteMedSamConfig, BOX_PRIOR_LOGIT};
 use mask_decoder::MaskDecoder;
 use prompt_encoder::PromptEncoder;
 use tiny_vit::TinyVit;
@@ -226,8 +226,51 @@ impl LiteMedSam {
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let sparse = self.prompt_encoder.sparse(None, Some(boxes))?;
         let dense = self.prompt_encoder.dense(None, boxes.dim(0)?)?;
-        self.mask_decoder
-            .forward(emb, &self.dense_pe()?, &sparse, &dense, multimask)
+        let (masks, iou) =
+            self.mask_decoder
+                .forward(emb, &self.dense_pe()?, &sparse, &dense, multimask)?;
+        Ok((self.add_box_prior(masks, Some(boxes))?, iou))
+    }
+
+    /// All mask tokens' logits (`1×M×L×L`, box prior included when the
+    /// configuration has one) and IoU predictions (`1×M`) for one prompt: what
+    /// the exported decoder graph outputs.
+    pub fn predict_all(
+        &self,
+        embedding: &Tensor,
+        prompt: &Prompt,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let (sparse, dense) = self.embed_prompt(prompt)?;
+        let (masks, iou) =
+            self.mask_decoder
+                .predict_all(embedding, &self.dense_pe()?, &sparse, &dense)?;
+        let boxes = match prompt.bbox {
+            Some(b) => Some(Tensor::from_slice(&b, (1, 4), &self.device)?),
+            None => None,
+        };
+        Ok((self.add_box_prior(masks, boxes.as_ref())?, iou))
+    }
+
+    /// `masks` (`B×k×L×L`) plus the box prior of `boxes` (`B×4`) when the
+    /// configuration has one and there are boxes; `masks` unchanged otherwise.
+    fn add_box_prior(&self, masks: Tensor, boxes: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let Some(boxes) = boxes else {
+            return Ok(masks);
+        };
+        if !self.cfg.box_prior {
+            return Ok(masks);
+        }
+        let (b, _, side, _) = masks.dims4()?;
+        let v = boxes.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut prior = Vec::with_capacity(b * side * side);
+        for bx in &v {
+            let bx: [f32; 4] = bx.as_slice().try_into().map_err(|_| {
+                candle_core::Error::Msg(format!("boxes must be B×4, got {:?}", boxes.dims()))
+            })?;
+            prior.extend(box_prior(&bx, self.cfg.img_size, side));
+        }
+        let prior = Tensor::from_vec(prior, (b, 1, side, side), masks.device())?;
+        masks.broadcast_add(&prior)
     }
 
     /// The architecture configuration.
@@ -290,6 +333,11 @@ impl LiteMedSam {
         let (low_res, iou) =
             self.mask_decoder
                 .forward(embedding, &self.dense_pe()?, &sparse, &dense, multimask)?;
+        let boxes = match prompt.bbox {
+            Some(b) => Some(Tensor::from_slice(&b, (1, 4), &self.device)?),
+            None => None,
+        };
+        let low_res = self.add_box_prior(low_res, boxes.as_ref())?;
         let iou = iou.flatten_all()?.to_vec1::<f32>()?;
         Ok(Decoded { low_res, iou })
     }
@@ -337,5 +385,58 @@ impl LiteMedSam {
             width: w,
             iou: dec.iou.first().copied().unwrap_or(f32::NAN),
         })
+    }
+}
+
+/// The box prior of [`LiteMedSamConfig::box_prior`] for one box
+/// (`x0, y0, x1, y1` in the `img_size` input space) on a `side`×`side` logit
+/// grid, row-major: [`BOX_PRIOR_LOGIT`] · clamp(1 − u² − v², −1, 1), where
+/// u = (x − cx)/rx and v = (y − cy)/ry are a cell centre's offsets from the box
+/// centre in half-widths (rx, ry at least one pixel), and x = (j + ½)·img_size/side.
+/// The ellipse inscribed in the box is the 0-logit level set. The exporter
+/// builds the same expression into the decoder graph.
+pub fn box_prior(bbox: &[f32; 4], img_size: usize, side: usize) -> Vec<f32> {
+    let [x0, y0, x1, y1] = *bbox;
+    let (cx, cy) = ((x0 + x1) * 0.5, (y0 + y1) * 0.5);
+    let (rx, ry) = (((x1 - x0) * 0.5).max(1.0), ((y1 - y0) * 0.5).max(1.0));
+    let scale = img_size as f32 / side.max(1) as f32;
+    let mut out = Vec::with_capacity(side * side);
+    for i in 0..side {
+        let v = ((i as f32 + 0.5) * scale - cy) / ry;
+        for j in 0..side {
+            let u = ((j as f32 + 0.5) * scale - cx) / rx;
+            out.push(BOX_PRIOR_LOGIT * (1.0 - u * u - v * v).clamp(-1.0, 1.0));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod box_prior_tests {
+    use super::*;
+
+    #[test]
+    fn prior_is_positive_inside_the_inscribed_ellipse_and_saturates_outside() {
+        // box 8..24 × 4..12 on a 32 grid of a 32 input: centre (16, 8), radii (8, 4)
+        let p = box_prior(&[8.0, 4.0, 24.0, 12.0], 32, 32);
+        let at = |x: usize, y: usize| p[y * 32 + x];
+        // cell (15, 7) has centre (15.5, 7.5): u = −1/16, v = −1/8
+        let want = BOX_PRIOR_LOGIT * (1.0 - 1.0 / 256.0 - 1.0 / 64.0);
+        assert!((at(15, 7) - want).abs() < 1e-6);
+        // far outside: saturated at −BOX_PRIOR_LOGIT
+        assert_eq!(at(0, 31), -BOX_PRIOR_LOGIT);
+        // on the ellipse's horizontal axis at the box edge: about 0
+        assert!(at(23, 7).abs() < 1.0, "{}", at(23, 7));
+        // inside the box but outside the ellipse (corner): negative
+        assert!(at(8, 4) < 0.0);
+        // symmetric about the centre
+        assert!((at(10, 6) - at(21, 9)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn degenerate_boxes_give_finite_priors() {
+        for b in [[5.0, 5.0, 5.0, 5.0], [10.0, 3.0, 2.0, 1.0]] {
+            assert!(box_prior(&b, 16, 16).iter().all(|v| v.is_finite()));
+        }
     }
 }

@@ -643,7 +643,13 @@ pub fn train(
     let mut state = if paths.state.is_file() {
         let text = std::fs::read_to_string(&paths.state).map_err(|e| ferr(&paths.state, e))?;
         let st: TrainState = serde_json::from_str(&text).map_err(|e| ferr(&paths.state, e))?;
-        if st.config != *cfg || st.teacher_sha256 != cache.header.teacher_sha256 {
+        // stage 1 never runs the decoder, so a run stored before the box prior
+        // existed (read as `box_prior: false`) resumes under either setting
+        let mut stored = st.config.clone();
+        if cfg.stage == Stage::Embedding {
+            stored.student.box_prior = cfg.student.box_prior;
+        }
+        if stored != *cfg || st.teacher_sha256 != cache.header.teacher_sha256 {
             return Err(DistillError::Config(format!(
                 "{} holds a run with other settings or another teacher; use another --out \
                  or delete it",

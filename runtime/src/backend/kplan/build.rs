@@ -1141,6 +1141,17 @@ pub fn build(bundle: &Bundle, input_size: usize) -> Result<ModelPlan, PlanError>
         )));
     }
     let mut decoder_index = load(DECODER_GRAPH)?;
+    // the students' box prior (constants under `mask_decoder.box_prior.`) has no
+    // kernel steps yet: refuse rather than return masks without it
+    if decoder_index
+        .floats
+        .keys()
+        .any(|k| k.starts_with("mask_decoder.box_prior."))
+    {
+        return Err(unsupported(
+            "the decoder adds a box prior, which the kernel plan does not implement yet",
+        ));
+    }
     let dd = DecoderDims { d, e, input_size };
     // the box-prompt program touches every decoder weight
     let (_, masks, low_res) = decoder_program(&decoder_index, &mut table, dd, 2)?;
