@@ -287,8 +287,9 @@ struct EvalArgs {
     /// Where to write the Markdown summary [default: the report path with .md].
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// A built-in segmenter: box-fill (the prompt box, filled), otsu-box (Otsu threshold in
-    /// the box, largest component, holes filled) or litemedsam (the teacher, on candle).
+    /// A built-in segmenter: box-fill (the prompt box, filled), ellipse-box (the ellipse
+    /// inscribed in the box), otsu-box (Otsu threshold in the box, largest component, holes
+    /// filled) or litemedsam (the teacher, on candle).
     #[arg(long, default_value = "otsu-box")]
     segmenter: String,
     /// Weights for --segmenter litemedsam and --support [default: found by `fetch-teacher`'s search order].

@@ -6,6 +6,8 @@
 //!
 //! Baselines (the floor that a learned model has to beat):
 //! * [`BoxFill`] (`box-fill`): the prompt box itself, filled.
+//! * [`EllipseBox`] (`ellipse-box`): the ellipse (ellipsoid in 3D) inscribed in the prompt box,
+//!   the shape the distilled students' box prior starts from.
 //! * [`OtsuBox`] (`otsu-box`): Otsu's threshold on the intensities inside the box; for each of
 //!   the two classes, its largest face-connected component with holes filled; the candidate
 //!   with the best Dice against the ellipse inscribed in the box, less half the fraction of the box
@@ -55,12 +57,13 @@ pub trait Segmenter {
 }
 
 /// Names of the built-in segmenters, for `--segmenter`.
-pub const BUILTIN: &[&str] = &["box-fill", "otsu-box"];
+pub const BUILTIN: &[&str] = &["box-fill", "ellipse-box", "otsu-box"];
 
 /// Creates a built-in segmenter by name.
 pub fn builtin(name: &str) -> Option<Box<dyn Segmenter>> {
     match name {
         "box-fill" => Some(Box::new(BoxFill)),
+        "ellipse-box" => Some(Box::new(EllipseBox)),
         "otsu-box" => Some(Box::new(OtsuBox::default())),
         _ => None,
     }
@@ -103,6 +106,30 @@ impl Segmenter for BoxFill {
             .map(|b| {
                 check_inside(image, b)?;
                 Ok(fill_box(image, b))
+            })
+            .collect()
+    }
+}
+
+/// The ellipse (ellipsoid) inscribed in the prompt box, filled.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EllipseBox;
+
+impl Segmenter for EllipseBox {
+    fn name(&self) -> &str {
+        "ellipse-box"
+    }
+
+    fn segment(
+        &mut self,
+        image: &CaseImage,
+        prompts: &[GridBox],
+    ) -> Result<Vec<BinaryMask>, SegmentError> {
+        prompts
+            .iter()
+            .map(|b| {
+                check_inside(image, b)?;
+                Ok(inscribed_ellipse(&image.shape(), b))
             })
             .collect()
     }
@@ -315,6 +342,22 @@ mod tests {
         let m = BoxFill.segment(&img, &[bx(10, 15, 30, 35)]).unwrap();
         assert_eq!(m[0].count(), 21 * 21);
         assert!(BoxFill.segment(&img, &[bx(10, 15, 40, 35)]).is_err());
+    }
+
+    #[test]
+    fn ellipse_box_fills_the_inscribed_ellipse() {
+        let img = disc_image(false);
+        // a 21×21 box: the inscribed disc of radius 10.5 about (20, 25)
+        let m = EllipseBox.segment(&img, &[bx(10, 15, 30, 35)]).unwrap();
+        let want = (0..40 * 50)
+            .filter(|i| {
+                let (y, x) = ((i / 50) as f64, (i % 50) as f64);
+                (y - 20.0).powi(2) + (x - 25.0).powi(2) <= 10.5 * 10.5
+            })
+            .count();
+        assert_eq!(m[0].count(), want);
+        assert!(m[0].count() < 21 * 21);
+        assert!(EllipseBox.segment(&img, &[bx(10, 15, 40, 35)]).is_err());
     }
 
     #[test]
