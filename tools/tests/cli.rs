@@ -244,7 +244,7 @@ fn errors_name_the_file_and_line() {
         "--segmenter",
         "magic",
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("box-fill, otsu-box"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("box-fill, ellipse-box, otsu-box"));
     let o = tools(&[
         "eval",
         "--dataset",

@@ -74,9 +74,39 @@ pub fn fallback_line(reason: &GpuUnavailable) -> String {
     format!("edgeseg: GPU backend not used ({reason}); running on the CPU (tract)")
 }
 
+/// Fallback lines already printed by this process.
+static LOGGED_FALLBACKS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Prints [`fallback_line`] to stderr unless this process has printed the same line before
+/// (a stream supervisor that restarts its AI worker reopens the bundle, and the same fallback
+/// is not news). Returns whether it printed.
+pub fn log_fallback_once(reason: &GpuUnavailable) -> bool {
+    let line = fallback_line(reason);
+    let mut seen = LOGGED_FALLBACKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !seen.insert(line.clone()) {
+        return false;
+    }
+    drop(seen);
+    eprintln!("{line}");
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fallback_line_is_logged_once_per_reason() {
+        let a = GpuUnavailable::Failed("test-only reason a".into());
+        let b = GpuUnavailable::Failed("test-only reason b".into());
+        assert!(log_fallback_once(&a));
+        assert!(!log_fallback_once(&a));
+        assert!(log_fallback_once(&b));
+        assert!(!log_fallback_once(&a));
+    }
 
     #[test]
     fn device_parses_and_displays() {

@@ -251,17 +251,18 @@ pub fn select_backend(
 }
 
 /// Opens the bundle at `path` on the backend `options.device` selects (see
-/// [`select_backend`]). When `auto` falls back to the CPU it logs exactly one
-/// line to stderr naming the reason ([`device::fallback_line`]); that line
-/// is printed before the CPU backend is opened, so it also appears when the
-/// bundle then fails to open.
+/// [`select_backend`]). When `auto` falls back to the CPU it logs one line to
+/// stderr naming the reason ([`device::fallback_line`]), once per process and
+/// reason ([`device::log_fallback_once`]: reopening after a worker restart does
+/// not repeat it); that line is printed before the CPU backend is opened, so it
+/// also appears when the bundle then fails to open.
 pub fn open_bundle(
     path: &std::path::Path,
     options: &BackendOptions,
 ) -> Result<Box<dyn PromptableSegmenter>, BackendError> {
     if options.device == Device::Auto {
         if let Err(reason) = gpu_probe(options) {
-            eprintln!("{}", device::fallback_line(&reason));
+            device::log_fallback_once(&reason);
             let cpu = BackendOptions {
                 device: Device::Cpu,
                 ..options.clone()
@@ -271,7 +272,7 @@ pub fn open_bundle(
     }
     let opened = select_backend(path, options)?;
     if let Some(reason) = &opened.fallback {
-        eprintln!("{}", device::fallback_line(reason));
+        device::log_fallback_once(reason);
     }
     Ok(opened.backend)
 }
