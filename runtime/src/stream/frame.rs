@@ -1,7 +1,6 @@
 //! Frames as sources deliver them (any pixel format) and as the pipeline uses
 //! them (RGB8), with the one-pass conversion between the two.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use edgeseg_kernels::pixfmt::{self, PixFmtError, RawFormat};
@@ -137,8 +136,11 @@ impl RgbImage {
     }
 }
 
-/// A converted frame travelling through the pipeline; shared between the
-/// compositor and the AI mailbox without copying.
+/// A frame travelling through the pipeline as the source delivered it, shared
+/// (never modified) between the compositor and the AI mailbox. Ingest converts
+/// it once for the video path and the compositor draws on that copy in place;
+/// the AI worker, which takes only some frames, converts its own copy off the
+/// video path ([`Frame::to_rgb`]).
 #[derive(Debug)]
 pub struct Frame {
     /// Frame id from the source.
@@ -149,23 +151,30 @@ pub struct Frame {
     pub ingest: Instant,
     /// Format the source delivered.
     pub format: PixelFormat,
-    /// The RGB pixels.
-    pub image: Arc<RgbImage>,
-    /// Where the pixel buffer goes back when the last holder drops the frame.
-    pub pool: Option<Arc<BufferPool>>,
+    /// Columns after conversion (a JPEG frame need not declare its size).
+    pub width: usize,
+    /// Rows after conversion.
+    pub height: usize,
+    /// The source's frame, unconverted.
+    pub raw: RawFrame,
 }
 
-impl Drop for Frame {
-    fn drop(&mut self) {
-        if let (Some(pool), Some(img)) = (&self.pool, Arc::get_mut(&mut self.image)) {
-            pool.put(std::mem::take(&mut img.data));
-        }
+impl Frame {
+    /// Converts the frame to RGB in `buf`'s allocation (the same one-pass
+    /// conversion as ingest, so the same pixels).
+    pub fn to_rgb(&self, mut buf: Vec<u8>) -> Result<RgbImage, FrameError> {
+        let (width, height) = to_rgb(&self.raw, &mut buf)?;
+        Ok(RgbImage {
+            width,
+            height,
+            data: buf,
+        })
     }
 }
 
 /// Recycled frame buffers. Every 1080p frame would otherwise allocate (and
-/// page-fault in) 6 MB twice, which costs more than the conversion itself on
-/// a small or virtualised CPU.
+/// page-fault in) 6 MB, which costs more than the conversion itself on a
+/// small or virtualised CPU.
 #[derive(Debug)]
 pub struct BufferPool {
     bufs: std::sync::Mutex<Vec<Vec<u8>>>,

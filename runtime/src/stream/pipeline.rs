@@ -378,6 +378,8 @@ fn worker(
         let _ = exits.send(WorkerExit { generation, reason });
     };
     let mut failures = 0u32;
+    // The worker's RGB buffer, reused from frame to frame.
+    let mut rgb = Vec::new();
     loop {
         if shared.generation.load(Ordering::SeqCst) != generation {
             return; // abandoned by the watchdog
@@ -405,14 +407,14 @@ fn worker(
                 }
             }
             None => {
-                let (w, h) = (frame.image.width, frame.image.height);
+                let (w, h) = (frame.width, frame.height);
                 match lock(&shared.prompter).prompt_for(frame.id, w, h) {
                     Some(p) => (frame, Task::Prompt(p)),
                     None => continue,
                 }
             }
         };
-        let (w, h) = (frame.image.width, frame.image.height);
+        let (w, h) = (frame.width, frame.height);
         let t0 = Instant::now();
         *lock(&shared.busy) = Some(Busy {
             generation,
@@ -420,8 +422,11 @@ fn worker(
             frame: frame.id,
         });
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<TaskResult, String> {
-            let f = frame.image.as_frame().map_err(|e| e.to_string())?;
-            match &task {
+            let image = frame
+                .to_rgb(std::mem::take(&mut rgb))
+                .map_err(|e| e.to_string())?;
+            let f = image.as_frame().map_err(|e| e.to_string())?;
+            let result = match &task {
                 Task::Prompt(prompt) => {
                     backend.set_frame(f).map_err(|e| e.to_string())?;
                     let seg = backend.segment(prompt).map_err(|e| e.to_string())?;
@@ -441,7 +446,9 @@ fn worker(
                     })
                 }
                 Task::Teach => teach_task(&shared, backend.as_mut(), frame.id, f),
-            }
+            };
+            rgb = image.data;
+            result
         }));
         let infer = t0.elapsed();
         {
@@ -753,7 +760,8 @@ impl Supervisor {
 }
 
 enum Item {
-    Frame(Arc<Frame>),
+    /// A frame and the compositor's own RGB copy of it, to draw on.
+    Frame(Arc<Frame>, RgbImage),
     Error {
         error: FrameError,
         capture: Instant,
@@ -762,8 +770,10 @@ enum Item {
 }
 
 /// Reads, converts and hands over every frame: to the AI mailbox first (an
-/// `Arc` clone, never blocking), then to `emit` (the compositor, inline on the
-/// same thread so that no thread hand-over sits in the video path).
+/// `Arc` clone of the unconverted frame, never blocking), then, with its one
+/// RGB conversion, to `emit` (the compositor, inline on the same thread so
+/// that no thread hand-over sits in the video path). The video path thus
+/// costs one conversion and the overlay; the AI converts its own copy.
 fn ingest(
     source: &mut dyn Source,
     shared: &Shared,
@@ -792,17 +802,19 @@ fn ingest(
                     .take(raw.width.saturating_mul(raw.height).saturating_mul(3));
                 match to_rgb(&raw, &mut data) {
                     Ok((width, height)) => {
+                        let image = RgbImage {
+                            width,
+                            height,
+                            data,
+                        };
                         let frame = Arc::new(Frame {
                             id: raw.id,
                             capture: raw.capture,
                             ingest,
                             format: raw.format,
-                            image: Arc::new(RgbImage {
-                                width,
-                                height,
-                                data,
-                            }),
-                            pool: Some(Arc::clone(&shared.pool)),
+                            width,
+                            height,
+                            raw,
                         });
                         if *lock(&shared.state) != AiState::Off {
                             if let Some(fs) = &shared.fewshot {
@@ -816,16 +828,19 @@ fn ingest(
                             }
                             shared.mailbox.put(Arc::clone(&frame));
                         }
-                        if !emit(Item::Frame(frame)) {
+                        if !emit(Item::Frame(frame, image)) {
                             break;
                         }
                         continue;
                     }
-                    Err(error) => Item::Error {
-                        error,
-                        capture: raw.capture,
-                        ingest,
-                    },
+                    Err(error) => {
+                        shared.pool.put(data);
+                        Item::Error {
+                            error,
+                            capture: raw.capture,
+                            ingest,
+                        }
+                    }
                 }
             }
             Err(error) => Item::Error {
@@ -887,25 +902,16 @@ impl Compositor {
         }
     }
 
-    /// Copies the pass-through frame (the input is shared with the AI and never
-    /// modified) and draws the overlay or indicator for `state` on the copy.
+    /// Draws the overlay or indicator for `state` on `image`, the compositor's
+    /// own RGB copy of the frame, in place.
     fn draw(
         &self,
-        frame: &Frame,
+        mut image: RgbImage,
         state: OverlayState,
         ann: Option<&Arc<Annotation>>,
         age: Option<Duration>,
     ) -> (RgbImage, Option<Vec<bool>>) {
-        let (w, h) = (frame.image.width, frame.image.height);
-        let src = &frame.image;
-        let mut data = self.shared.pool.take(src.data.len());
-        data.clear();
-        data.extend_from_slice(&src.data);
-        let mut image = RgbImage {
-            width: w,
-            height: h,
-            data,
-        };
+        let (w, h) = (image.width, image.height);
         let mut touched = self.config.record_touched.then(|| vec![false; w * h]);
         // `Canvas::new` only fails on inconsistent sizes, which `to_rgb` rules
         // out; drawing is then skipped rather than panicking.
@@ -958,7 +964,7 @@ impl Compositor {
     }
 
     fn compose(&mut self, item: Item) -> Output {
-        let frame = match item {
+        let (frame, image) = match item {
             Item::Error {
                 error,
                 capture,
@@ -977,10 +983,10 @@ impl Compositor {
                     touched: None,
                 };
             }
-            Item::Frame(f) => f,
+            Item::Frame(f, image) => (f, image),
         };
         let mut record = self.blank_record(frame.id, frame.capture, frame.ingest);
-        let (w, h) = (frame.image.width, frame.image.height);
+        let (w, h) = (image.width, image.height);
         let geometry = (w, h, frame.format);
         if self.geometry.is_some_and(|g| g != geometry) {
             let (ow, oh, of) = self.geometry.unwrap_or(geometry);
@@ -1046,16 +1052,38 @@ impl Compositor {
             }
             AiState::Running => OverlayState::Late,
         };
-        let (mut image, mut touched) = self.draw(&frame, overlay_state, usable.as_ref(), age);
+        // The input as it came in, for tests that check untouched pixels.
+        let input = self.config.record_touched.then(|| Arc::new(image.clone()));
+        let (mut image, mut touched) = self.draw(image, overlay_state, usable.as_ref(), age);
         let mut emit = Instant::now();
         if matches!(overlay_state, OverlayState::Drawn | OverlayState::NotFound)
             && usable.as_ref().is_some_and(|a| {
                 emit.saturating_duration_since(a.source_capture) > self.config.deadline
             })
         {
-            // Went stale while drawing (the thread was descheduled): withdraw it.
+            // Went stale while drawing (the thread was descheduled): withdraw
+            // it. The overlay was drawn in place, so convert the frame again
+            // (the same bytes and the same conversion as ingest: it cannot
+            // fail where ingest succeeded, but if it did the frame is not
+            // emitted with a stale overlay).
             overlay_state = OverlayState::Late;
-            (image, touched) = self.draw(&frame, overlay_state, None, None);
+            match frame.to_rgb(image.data) {
+                Ok(clean) => (image, touched) = self.draw(clean, overlay_state, None, None),
+                Err(e) => {
+                    let msg = format!("frame {}: reconversion failed: {e}", frame.id);
+                    self.shared.event(msg.clone());
+                    self.summary.frame_errors += 1;
+                    record.error = Some(msg);
+                    record.events = std::mem::take(&mut *lock(&self.shared.events));
+                    return Output {
+                        id: frame.id,
+                        image: None,
+                        record,
+                        new_annotation,
+                        touched: None,
+                    };
+                }
+            }
             emit = Instant::now();
             self.summary.withdrawn += 1;
         }
@@ -1109,7 +1137,7 @@ impl Compositor {
         }
         record.events = std::mem::take(&mut *lock(&self.shared.events));
         let id = frame.id;
-        let touched = touched.map(|t| (t, Arc::clone(&frame.image)));
+        let touched = touched.zip(input);
         Output {
             id,
             image: Some(image),
