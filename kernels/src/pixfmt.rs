@@ -251,11 +251,13 @@ fn yuyv_block(i: &[u8], o: &mut [u8]) {
     let mut y1 = [0i32; N];
     let mut u = [0i32; N];
     let mut v = [0i32; N];
-    for k in 0..N {
-        y0[k] = i32::from(i[4 * k]);
-        u[k] = i32::from(i[4 * k + 1]);
-        y1[k] = i32::from(i[4 * k + 2]);
-        v[k] = i32::from(i[4 * k + 3]);
+    // `chunks_exact` rather than `4 * k + j` indexing: with the workspace's
+    // overflow checks the index arithmetic would keep this loop scalar.
+    for (k, q) in i.chunks_exact(4).enumerate() {
+        y0[k] = i32::from(q[0]);
+        u[k] = i32::from(q[1]);
+        y1[k] = i32::from(q[2]);
+        v[k] = i32::from(q[3]);
     }
     let (mut cr, mut cg, mut cb) = ([0i32; N], [0i32; N], [0i32; N]);
     for k in 0..N {
@@ -280,9 +282,7 @@ fn yuyv_block(i: &[u8], o: &mut [u8]) {
             sat20(y1[k].wrapping_add(cb[k])),
         ];
     }
-    for (dst, px) in o.chunks_exact_mut(6).zip(rgb.iter()) {
-        dst.copy_from_slice(px);
-    }
+    o.copy_from_slice(rgb.as_flattened());
 }
 
 /// Converts one BT.601 limited-range `Y Cb Cr` sample to `[R, G, B]`.

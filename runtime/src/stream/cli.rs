@@ -53,6 +53,11 @@ pub struct TimingArgs {
     /// A worker busy longer than this on one frame is declared hung, ms.
     #[arg(long, default_value_t = 500)]
     pub watchdog_ms: u64,
+    /// Threads that convert each frame to RGB on the video path (rows split
+    /// between them). 1 is fastest on the 2-vCPU machine of
+    /// docs/perf/streaming.md; more may pay on a device with idle cores.
+    #[arg(long, default_value_t = 1)]
+    pub convert_threads: usize,
 }
 
 /// `edgeseg run`.
@@ -213,6 +218,7 @@ fn stream_config(timing: &TimingArgs, pace: Option<f64>, label: &str) -> StreamC
         pace_fps: pace.filter(|f| *f > 0.0),
         label: label.to_string(),
         log_events: true,
+        convert_threads: timing.convert_threads.max(1),
         ..StreamConfig::default()
     }
 }
@@ -523,6 +529,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let timing = TimingArgs {
         deadline_ms: args.deadline_ms,
         watchdog_ms: args.watchdog_ms,
+        convert_threads: 1,
     };
     let config = stream_config(&timing, Some(args.fps), "polyp");
     let summary = run_stream(source, chain, PromptSpec::parse(&prompt)?, sinks, config)?;
@@ -564,12 +571,13 @@ pub fn bench_stream(args: BenchStreamArgs) -> Result<()> {
         )
     };
     println!(
-        "bench-stream: {} frames {w}x{h} {} at {} fps, AI: {what}, deadline {} ms, watchdog {} ms",
+        "bench-stream: {} frames {w}x{h} {} at {} fps, AI: {what}, deadline {} ms, watchdog {} ms, conversion on {} thread(s)",
         args.frames,
         format.name(),
         args.fps,
         args.timing.deadline_ms,
-        args.timing.watchdog_ms
+        args.timing.watchdog_ms,
+        args.timing.convert_threads.max(1)
     );
     let (cx, cy) = (w / 2, h / 2);
     let prompt = PromptSpec::parse(&format!(

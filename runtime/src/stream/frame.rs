@@ -222,6 +222,19 @@ fn check_side(id: u64, width: usize, height: usize) -> Result<(), FrameError> {
 /// Converts a raw frame to RGB8 in one pass, reusing `out`'s allocation where
 /// possible. Every size and length is checked before allocating.
 pub fn to_rgb(frame: &RawFrame, out: &mut Vec<u8>) -> Result<(usize, usize), FrameError> {
+    to_rgb_split(frame, out, 1)
+}
+
+/// [`to_rgb`] with the rows of packed layouts (YUYV, RGB24, GREY) split over
+/// `threads` threads: the calling thread and `threads − 1` scoped helpers.
+/// Rows convert independently, so the output is identical to [`to_rgb`]'s.
+/// Planar layouts (NV12, I420) and JPEG run on the calling thread; so does
+/// the whole frame if a helper cannot be started.
+pub fn to_rgb_split(
+    frame: &RawFrame,
+    out: &mut Vec<u8>,
+    threads: usize,
+) -> Result<(usize, usize), FrameError> {
     let id = frame.id;
     match frame.format {
         PixelFormat::Raw(raw) => {
@@ -241,7 +254,7 @@ pub fn to_rgb(frame: &RawFrame, out: &mut Vec<u8>) -> Result<(usize, usize), Fra
                 }));
             }
             out.resize(n, 0);
-            pixfmt::to_rgb(raw, frame.width, frame.height, &frame.data, out).map_err(px)?;
+            convert_rows(raw, frame.width, frame.height, &frame.data, out, threads).map_err(px)?;
             Ok((frame.width, frame.height))
         }
         PixelFormat::Mjpeg => {
@@ -263,6 +276,72 @@ pub fn to_rgb(frame: &RawFrame, out: &mut Vec<u8>) -> Result<(usize, usize), Fra
             Ok((img.width, img.height))
         }
     }
+}
+
+/// Rows per part below which a frame is not split (thread start-up would cost
+/// more than the conversion it saves).
+const MIN_SPLIT_ROWS: usize = 64;
+
+/// Converts checked buffers, splitting packed layouts by rows (see
+/// [`to_rgb_split`]).
+fn convert_rows(
+    raw: RawFormat,
+    width: usize,
+    height: usize,
+    src: &[u8],
+    dst: &mut [u8],
+    threads: usize,
+) -> Result<(), PixFmtError> {
+    let in_px = match raw {
+        RawFormat::Rgb24 => 3,
+        RawFormat::Grey => 1,
+        RawFormat::Yuyv => 2,
+        RawFormat::Nv12 | RawFormat::I420 => 0,
+    };
+    let rows = height.div_ceil(threads.max(1));
+    if in_px == 0 || threads <= 1 || rows < MIN_SPLIT_ROWS {
+        return pixfmt::to_rgb(raw, width, height, src, dst);
+    }
+    // The sizes were checked by the caller: `height × width × 3` fits.
+    let (in_part, out_part) = (rows * width * in_px, rows * width * 3);
+    let all_started = std::thread::scope(|scope| {
+        let mut parts = src.chunks(in_part).zip(dst.chunks_mut(out_part));
+        let Some((first_in, first_out)) = parts.next() else {
+            return Ok(true);
+        };
+        let mut helpers = Vec::new();
+        let mut all_started = true;
+        for (i, o) in parts {
+            let part_rows = o.len() / (width * 3);
+            let run = move || pixfmt::to_rgb(raw, width, part_rows, i, o);
+            match std::thread::Builder::new()
+                .name("convert".into())
+                .spawn_scoped(scope, run)
+            {
+                Ok(h) => helpers.push(h),
+                Err(_) => all_started = false,
+            }
+        }
+        pixfmt::to_rgb(
+            raw,
+            width,
+            first_out.len() / (width * 3),
+            first_in,
+            first_out,
+        )?;
+        for h in helpers {
+            match h.join() {
+                Ok(r) => r?,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        Ok(all_started)
+    })?;
+    if !all_started {
+        // A helper could not be started: convert the whole frame here.
+        pixfmt::to_rgb(raw, width, height, src, dst)?;
+    }
+    Ok(())
 }
 
 /// Decodes an encoded image (JPEG or PNG) to RGB8, refusing sizes above
@@ -316,6 +395,45 @@ mod tests {
             format,
             data: vec![128; len],
             capture: Instant::now(),
+        }
+    }
+
+    /// Splitting the rows over threads gives exactly the one-thread output,
+    /// for every packed layout and for part sizes that do not divide the
+    /// height (and planar layouts, which are not split, are unchanged too).
+    #[test]
+    fn split_conversion_is_identical() {
+        for (format, bytes_per_px) in [
+            (RawFormat::Yuyv, 2),
+            (RawFormat::Rgb24, 3),
+            (RawFormat::Grey, 1),
+            (RawFormat::Nv12, 0),
+        ] {
+            for (width, height) in [(64, 200), (130, 257), (2, 64), (130, 258)] {
+                if bytes_per_px == 0 && height % 2 == 1 {
+                    continue; // NV12 needs even sides
+                }
+                let len = if bytes_per_px == 0 {
+                    width * height * 3 / 2
+                } else {
+                    width * height * bytes_per_px
+                };
+                let mut frame = raw(PixelFormat::Raw(format), width, height, len);
+                for (k, b) in frame.data.iter_mut().enumerate() {
+                    *b = (k.wrapping_mul(2_654_435_761) >> 7) as u8;
+                }
+                let mut one = Vec::new();
+                assert_eq!(to_rgb(&frame, &mut one).unwrap(), (width, height));
+                for threads in [2, 3, 8] {
+                    let mut split = vec![9; 5];
+                    let size = to_rgb_split(&frame, &mut split, threads).unwrap();
+                    assert_eq!(size, (width, height));
+                    assert!(
+                        split == one,
+                        "{format:?} {width}x{height} on {threads} threads"
+                    );
+                }
+            }
         }
     }
 

@@ -40,7 +40,7 @@ use super::fewshot::{
     segment_with_prototypes, stream_provenance, teach_from_box, FewShotSpec, FewShotState,
     StructureState, TeachOutcome,
 };
-use super::frame::{to_rgb, BufferPool, Frame, FrameError, PixelFormat, RgbImage};
+use super::frame::{to_rgb_split, BufferPool, Frame, FrameError, PixelFormat, RgbImage};
 use super::mailbox::{Mailbox, Take};
 use super::overlay::{self, Canvas, Indicator, MaskShape, OverlayStyle};
 use super::prompting::{PromptSpec, Prompter, TrackEvent, TrackParams};
@@ -109,6 +109,11 @@ pub struct StreamConfig {
     /// Segment from few-shot prototypes instead of prompts (`--support`,
     /// `--teach-from`); the prompt spec should then be [`PromptSpec::None`].
     pub fewshot: Option<FewShotSpec>,
+    /// Threads converting each frame on the video path (the ingest thread and
+    /// scoped helpers, rows split between them; 1: the ingest thread alone).
+    /// The helpers run at the video path's priority, so they take CPU from a
+    /// busy AI worker rather than wait for it.
+    pub convert_threads: usize,
 }
 
 impl Default for StreamConfig {
@@ -127,6 +132,7 @@ impl Default for StreamConfig {
             unavailable_hold: Duration::from_millis(300),
             ai_nice: 10,
             fewshot: None,
+            convert_threads: 1,
         }
     }
 }
@@ -778,6 +784,7 @@ fn ingest(
     source: &mut dyn Source,
     shared: &Shared,
     pace: Option<f64>,
+    convert_threads: usize,
     mut emit: impl FnMut(Item) -> bool,
 ) -> u64 {
     let pace = pace.filter(|f| *f > 0.0 && f.is_finite() && !source.is_live());
@@ -800,7 +807,7 @@ fn ingest(
                 let mut data = shared
                     .pool
                     .take(raw.width.saturating_mul(raw.height).saturating_mul(3));
-                match to_rgb(&raw, &mut data) {
+                match to_rgb_split(&raw, &mut data, convert_threads) {
                     Ok((width, height)) => {
                         let image = RgbImage {
                             width,
@@ -1248,7 +1255,8 @@ pub fn run_stream(
         last_drawn: None,
     };
     let mut source = source;
-    let frames_in = ingest(source.as_mut(), &shared, pace, |item| {
+    let convert_threads = comp.config.convert_threads;
+    let frames_in = ingest(source.as_mut(), &shared, pace, convert_threads, |item| {
         let out = comp.compose(item);
         out_tx.send(out).is_ok()
     });
