@@ -4,15 +4,17 @@
 //!
 //! ```text
 //! source ─► ingest + compositor (one thread) ──outputs──► sink thread
-//!               │ put (an Arc clone, never blocks)   ▲ reads the newest annotation
+//!               │ put (Arc of the unconverted frame, ▲ reads the newest annotation
+//!               │      never blocks)                 │
 //!               ▼                                    │
 //!        latest-frame mailbox ─► AI worker ──────────┘  ◄── supervisor: watchdog,
 //!                                                          restart, fallback → AI off
 //! ```
 //!
 //! The compositor runs inline on the ingest thread: the video path has no
-//! thread hand-over between capture and emit, only conversion, a copy and the
-//! overlay. The AI worker and the supervisor run at a lower scheduling
+//! thread hand-over between capture and emit, only one conversion (into the
+//! compositor's own buffer, drawn on in place) and the overlay. The AI worker
+//! converts its own copy of the frames it takes. The AI worker and the supervisor run at a lower scheduling
 //! priority ([`StreamConfig::ai_nice`]) so that a busy model cannot take the
 //! CPU from the video path.
 //!
