@@ -172,16 +172,137 @@ pub fn resize_area_u8(
     }
     let xtab = area_tab(src_w, dst_w, scale_x);
     let ytab = area_tab(src_h, dst_h, scale_y);
+    Ok(resize_area_general(
+        src, src_w, c, dst_h, dst_w, &xtab, &ytab,
+    ))
+}
+
+/// One destination column of the general area path: its source samples
+/// `first..first + weights.len()` (consecutive, in table order) and their weights.
+struct AreaSpan {
+    first: usize,
+    weights: std::ops::Range<usize>,
+}
+
+/// Groups an `area_tab` by destination index. `None` when some destination's
+/// samples are not consecutive source indices in table order (OpenCV's tables
+/// always are; the per-entry loop then handles it).
+fn area_spans(tab: &[AreaTab], dsize: usize) -> Option<Vec<AreaSpan>> {
+    let mut spans: Vec<AreaSpan> = Vec::with_capacity(dsize);
+    for (i, t) in tab.iter().enumerate() {
+        let n = spans.len();
+        if n == t.di + 1 {
+            let s = &mut spans[n - 1];
+            if t.si != s.first + s.weights.len() {
+                return None;
+            }
+            s.weights.end = i + 1;
+        } else if n == t.di {
+            spans.push(AreaSpan {
+                first: t.si,
+                weights: i..i + 1,
+            });
+        } else {
+            return None;
+        }
+    }
+    (spans.len() == dsize).then_some(spans)
+}
+
+/// The general (fractional shrink) path of [`resize_area_u8`].
+///
+/// Each destination sample is accumulated in a register in table order,
+/// starting from 0.0, which is the same sequence of f32 operations as
+/// OpenCV's `buf[dx] += src[sx] * wx` over the whole table: the result is
+/// bit-identical to [`resize_area_general_per_entry`] (tested), only without
+/// a bounds-checked read-modify-write per table entry.
+fn resize_area_general(
+    src: &[u8],
+    src_w: usize,
+    c: usize,
+    dst_h: usize,
+    dst_w: usize,
+    xtab: &[AreaTab],
+    ytab: &[AreaTab],
+) -> Vec<u8> {
+    let Some(spans) = area_spans(xtab, dst_w) else {
+        return resize_area_general_per_entry(src, src_w, c, dst_h, dst_w, xtab, ytab);
+    };
+    let alphas: Vec<f32> = xtab.iter().map(|t| t.alpha).collect();
     let row_len = dst_w * c;
     let mut out = vec![0u8; dst_h * row_len];
     let mut buf = vec![0f32; row_len];
     let mut sum = vec![0f32; row_len];
     let mut prev_dy = ytab.first().map_or(0, |t| t.di);
-    for yt in &ytab {
+    let src_row_len = src_w * c;
+    for yt in ytab {
+        let beta = yt.alpha;
+        let srow = &src[yt.si * src_row_len..(yt.si + 1) * src_row_len];
+        if c == 3 {
+            for (b, span) in buf.chunks_exact_mut(3).zip(&spans) {
+                let n = span.weights.len();
+                let px = &srow[span.first * 3..(span.first + n) * 3];
+                let mut acc = [0f32; 3];
+                for (p, &a) in px.chunks_exact(3).zip(&alphas[span.weights.clone()]) {
+                    acc[0] += f32::from(p[0]) * a;
+                    acc[1] += f32::from(p[1]) * a;
+                    acc[2] += f32::from(p[2]) * a;
+                }
+                b.copy_from_slice(&acc);
+            }
+        } else {
+            for (b, span) in buf.chunks_exact_mut(c).zip(&spans) {
+                let n = span.weights.len();
+                let px = &srow[span.first * c..(span.first + n) * c];
+                b.fill(0.0);
+                for (p, &a) in px.chunks_exact(c).zip(&alphas[span.weights.clone()]) {
+                    for (bk, &pk) in b.iter_mut().zip(p) {
+                        *bk += f32::from(pk) * a;
+                    }
+                }
+            }
+        }
+        if yt.di != prev_dy {
+            let orow = &mut out[prev_dy * row_len..(prev_dy + 1) * row_len];
+            for ((o, s), b) in orow.iter_mut().zip(sum.iter_mut()).zip(&buf) {
+                *o = saturate_u8(*s);
+                *s = beta * b;
+            }
+            prev_dy = yt.di;
+        } else {
+            for (s, b) in sum.iter_mut().zip(&buf) {
+                *s += beta * b;
+            }
+        }
+    }
+    let orow = &mut out[prev_dy * row_len..(prev_dy + 1) * row_len];
+    for (o, s) in orow.iter_mut().zip(&sum) {
+        *o = saturate_u8(*s);
+    }
+    out
+}
+
+/// The general path one table entry at a time, as OpenCV writes it: the
+/// fallback of [`resize_area_general`] and its reference in tests.
+fn resize_area_general_per_entry(
+    src: &[u8],
+    src_w: usize,
+    c: usize,
+    dst_h: usize,
+    dst_w: usize,
+    xtab: &[AreaTab],
+    ytab: &[AreaTab],
+) -> Vec<u8> {
+    let row_len = dst_w * c;
+    let mut out = vec![0u8; dst_h * row_len];
+    let mut buf = vec![0f32; row_len];
+    let mut sum = vec![0f32; row_len];
+    let mut prev_dy = ytab.first().map_or(0, |t| t.di);
+    for yt in ytab {
         let beta = yt.alpha;
         let srow = &src[yt.si * src_w * c..(yt.si + 1) * src_w * c];
         buf.iter_mut().for_each(|b| *b = 0.0);
-        for xt in &xtab {
+        for xt in xtab {
             for k in 0..c {
                 let d = xt.di * c + k;
                 buf[d] += f32::from(srow[xt.si * c + k]) * xt.alpha;
@@ -204,7 +325,7 @@ pub fn resize_area_u8(
     for (o, s) in orow.iter_mut().zip(&sum) {
         *o = saturate_u8(*s);
     }
-    Ok(out)
+    out
 }
 
 /// Which of OpenCV's `INTER_AREA` code paths [`resize_area_u8`] takes for a
@@ -265,9 +386,51 @@ fn resize_area_fast(
     sy: usize,
     sx: usize,
 ) -> Vec<u8> {
-    let mut out = vec![0u8; dst_h * dst_w * c];
+    let row_len = dst_w * c;
+    let mut out = vec![0u8; dst_h * row_len];
     let area = sy * sx;
     let inv_area = 1.0f32 / area as f32;
+    // block sums of one destination row, accumulated source row by source row
+    // (integer sums: the order does not change them)
+    let mut sums = vec![0u32; row_len];
+    for (dy, orow) in out.chunks_exact_mut(row_len).enumerate() {
+        sums.fill(0);
+        for yy in 0..sy {
+            let start = (dy * sy + yy) * src_w * c;
+            let srow = &src[start..start + dst_w * sx * c];
+            for (s, block) in sums.chunks_exact_mut(c).zip(srow.chunks_exact(sx * c)) {
+                for px in block.chunks_exact(c) {
+                    for (sk, &p) in s.iter_mut().zip(px) {
+                        *sk += u32::from(p);
+                    }
+                }
+            }
+        }
+        for (o, &s) in orow.iter_mut().zip(&sums) {
+            *o = if sx == 2 && sy == 2 {
+                ((s + 2) >> 2) as u8
+            } else {
+                saturate_u8(s as f32 * inv_area)
+            };
+        }
+    }
+    out
+}
+
+/// [`resize_area_fast`] one output sample at a time, as OpenCV's formula reads:
+/// the reference of the row-wise form in tests.
+#[cfg(test)]
+fn resize_area_fast_per_sample(
+    src: &[u8],
+    src_w: usize,
+    c: usize,
+    dst_h: usize,
+    dst_w: usize,
+    sy: usize,
+    sx: usize,
+) -> Vec<u8> {
+    let mut out = vec![0u8; dst_h * dst_w * c];
+    let inv_area = 1.0f32 / (sy * sx) as f32;
     for dy in 0..dst_h {
         for dx in 0..dst_w {
             for k in 0..c {
@@ -498,6 +661,78 @@ pub fn upsample_logits(
             "crop {new_h}x{new_w} of {lh}x{lw} to {out_h}x{out_w}"
         )));
     }
+    let len = out_h
+        .checked_mul(out_w)
+        .ok_or_else(|| PrepError::BadSize(format!("{out_h}x{out_w} overflows")))?;
+    let mut out = vec![0f32; len];
+    for_each_upsampled_row(logits, lw, new_h, new_w, out_h, out_w, |y, row| {
+        out[y * out_w..(y + 1) * out_w].copy_from_slice(row);
+    });
+    Ok(out)
+}
+
+/// The rows of [`upsample_logits`] one at a time (`emit(y, row)`), for
+/// validated sizes.
+///
+/// The horizontal interpolation `r[x0]*wx0 + r[x1]*wx1` depends only on the
+/// source row, so it is computed once per source row (at most two are kept)
+/// instead of twice per output pixel; the vertical step is then a straight
+/// `t0*wy0 + t1*wy1` over the row. These are the same f32 operations on the
+/// same operands as the per-pixel formula, so the output is bit-identical to
+/// it (tested against `upsample_logits_per_pixel`).
+fn for_each_upsampled_row(
+    logits: &[f32],
+    lw: usize,
+    new_h: usize,
+    new_w: usize,
+    out_h: usize,
+    out_w: usize,
+    mut emit: impl FnMut(usize, &[f32]),
+) {
+    let ys = linear_axis(new_h, out_h);
+    let xs = linear_axis(new_w, out_w);
+    let horizontal = |sy: usize, dst: &mut Vec<f32>| {
+        let r = &logits[sy * lw..sy * lw + new_w];
+        dst.clear();
+        dst.extend(
+            xs.iter()
+                .map(|&(x0, x1, wx0, wx1)| r[x0] * wx0 + r[x1] * wx1),
+        );
+    };
+    // (source row, its horizontal interpolation) for y0 and y1
+    let mut top: (usize, Vec<f32>) = (usize::MAX, Vec::with_capacity(out_w));
+    let mut bottom: (usize, Vec<f32>) = (usize::MAX, Vec::with_capacity(out_w));
+    let mut row = vec![0f32; out_w];
+    for (y, &(y0, y1, wy0, wy1)) in ys.iter().enumerate() {
+        if top.0 != y0 && bottom.0 == y0 {
+            std::mem::swap(&mut top, &mut bottom);
+        }
+        if top.0 != y0 {
+            horizontal(y0, &mut top.1);
+            top.0 = y0;
+        }
+        if bottom.0 != y1 {
+            horizontal(y1, &mut bottom.1);
+            bottom.0 = y1;
+        }
+        for ((o, &t0), &t1) in row.iter_mut().zip(&top.1).zip(&bottom.1) {
+            *o = t0 * wy0 + t1 * wy1;
+        }
+        emit(y, &row);
+    }
+}
+
+/// [`upsample_logits`] one output pixel at a time, as the formula reads: the
+/// reference of the row-wise form in tests.
+#[cfg(test)]
+fn upsample_logits_per_pixel(
+    logits: &[f32],
+    lw: usize,
+    new_h: usize,
+    new_w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
     let ys = linear_axis(new_h, out_h);
     let xs = linear_axis(new_w, out_w);
     let mut out = Vec::with_capacity(out_h * out_w);
@@ -510,7 +745,7 @@ pub fn upsample_logits(
             out.push(t0 * wy0 + t1 * wy1);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Step 12: foreground where the logit is > 0 (equivalent to the reference's
@@ -522,16 +757,31 @@ pub fn threshold_logits(logits: &[f32]) -> Vec<u8> {
 /// Steps 11 and 12 on the decoder's 256×256 low-res logits: a 0/1 mask of
 /// `prep.orig_h`×`prep.orig_w`.
 pub fn postprocess_mask(low_res: &[f32], prep: &Preprocessed) -> Result<Vec<u8>, PrepError> {
-    let up = upsample_logits(
-        low_res,
-        INPUT_SIZE,
-        INPUT_SIZE,
-        prep.new_h,
-        prep.new_w,
-        prep.orig_h,
-        prep.orig_w,
-    )?;
-    Ok(threshold_logits(&up))
+    let (new_h, new_w, out_h, out_w) = (prep.new_h, prep.new_w, prep.orig_h, prep.orig_w);
+    check_len("logits", low_res.len(), &[INPUT_SIZE, INPUT_SIZE])?;
+    if new_h == 0
+        || new_w == 0
+        || new_h > INPUT_SIZE
+        || new_w > INPUT_SIZE
+        || out_h == 0
+        || out_w == 0
+    {
+        return Err(PrepError::BadSize(format!(
+            "crop {new_h}x{new_w} of {INPUT_SIZE}x{INPUT_SIZE} to {out_h}x{out_w}"
+        )));
+    }
+    let len = out_h
+        .checked_mul(out_w)
+        .ok_or_else(|| PrepError::BadSize(format!("{out_h}x{out_w} overflows")))?;
+    // upsample and threshold row by row: the same mask as
+    // `threshold_logits(&upsample_logits(..))` without the f32 frame in between
+    let mut mask = vec![0u8; len];
+    for_each_upsampled_row(low_res, INPUT_SIZE, new_h, new_w, out_h, out_w, |y, row| {
+        for (m, &v) in mask[y * out_w..(y + 1) * out_w].iter_mut().zip(row) {
+            *m = u8::from(v > 0.0);
+        }
+    });
+    Ok(mask)
 }
 
 #[cfg(test)]
@@ -647,5 +897,102 @@ mod tests {
         let up = upsample_logits(&[2.0, -9.0, -9.0, -9.0], 2, 2, 1, 1, 2, 2).unwrap();
         assert_eq!(up, vec![2.0; 4]);
         assert_eq!(threshold_logits(&[-1.0, 0.0, 1e-6]), vec![0, 0, 1]);
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), so a failure reproduces.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The register-accumulating general area path is bit-identical to
+        /// OpenCV's per-entry loop, for any fractional shrink and channel count.
+        #[test]
+        fn general_area_path_matches_per_entry_loop(
+            src_h in 2usize..90, src_w in 2usize..90, c in 1usize..5,
+            fy in 0.05f64..1.0, fx in 0.05f64..1.0, seed in 0u64..1000,
+        ) {
+            let dst_h = ((src_h as f64 * fy) as usize).clamp(1, src_h);
+            let dst_w = ((src_w as f64 * fx) as usize).clamp(1, src_w);
+            let src = noise(src_h * src_w * c, seed);
+            let sx = 1.0 / (dst_w as f64 / src_w as f64);
+            let sy = 1.0 / (dst_h as f64 / src_h as f64);
+            let xtab = area_tab(src_w, dst_w, sx);
+            let ytab = area_tab(src_h, dst_h, sy);
+            proptest::prop_assert!(area_spans(&xtab, dst_w).is_some());
+            let fast = resize_area_general(&src, src_w, c, dst_h, dst_w, &xtab, &ytab);
+            let slow = resize_area_general_per_entry(&src, src_w, c, dst_h, dst_w, &xtab, &ytab);
+            proptest::prop_assert_eq!(fast, slow);
+        }
+
+        /// The row-wise block sums of the integer-scale path equal the
+        /// per-sample loop (including a source wider or taller than the blocks).
+        #[test]
+        fn fast_area_path_matches_per_sample_loop(
+            dst_h in 1usize..20, dst_w in 1usize..20, c in 1usize..5,
+            sy in 1usize..7, sx in 1usize..7, extra_w in 0usize..3, seed in 0u64..1000,
+        ) {
+            let src_w = dst_w * sx + extra_w;
+            let src = noise(dst_h * sy * src_w * c, seed);
+            proptest::prop_assert_eq!(
+                resize_area_fast(&src, src_w, c, dst_h, dst_w, sy, sx),
+                resize_area_fast_per_sample(&src, src_w, c, dst_h, dst_w, sy, sx)
+            );
+        }
+
+        /// The row-wise bilinear upsampling (and its fused threshold) is
+        /// bit-identical to the per-pixel formula.
+        #[test]
+        fn rowwise_upsampling_matches_per_pixel_formula(
+            lh in 1usize..40, lw in 1usize..40, ch in 0.1f64..1.0, cw in 0.1f64..1.0,
+            out_h in 1usize..120, out_w in 1usize..120, seed in 0u64..1000,
+        ) {
+            let new_h = ((lh as f64 * ch) as usize).clamp(1, lh);
+            let new_w = ((lw as f64 * cw) as usize).clamp(1, lw);
+            let logits: Vec<f32> = noise(lh * lw, seed)
+                .into_iter()
+                .map(|b| (f32::from(b) - 127.5) / 13.0)
+                .collect();
+            let fast = upsample_logits(&logits, lh, lw, new_h, new_w, out_h, out_w).unwrap();
+            let slow = upsample_logits_per_pixel(&logits, lw, new_h, new_w, out_h, out_w);
+            proptest::prop_assert_eq!(
+                fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn fused_postprocess_matches_upsample_then_threshold() {
+        for (h, w) in [(1080, 1920), (288, 384), (543, 783), (256, 256), (7, 300)] {
+            let (new_h, new_w) = longest_side_size(h, w, INPUT_SIZE);
+            let logits: Vec<f32> = noise(INPUT_SIZE * INPUT_SIZE, (h * w) as u64)
+                .into_iter()
+                .map(|b| (f32::from(b) - 127.5) / 13.0)
+                .collect();
+            let prep = Preprocessed {
+                input: Vec::new(),
+                resized: Vec::new(),
+                orig_h: h,
+                orig_w: w,
+                new_h,
+                new_w,
+            };
+            let up = upsample_logits(&logits, INPUT_SIZE, INPUT_SIZE, new_h, new_w, h, w).unwrap();
+            assert_eq!(
+                postprocess_mask(&logits, &prep).unwrap(),
+                threshold_logits(&up)
+            );
+        }
     }
 }
