@@ -61,22 +61,52 @@ impl<'a> Canvas<'a> {
     }
 
     /// Blends `rgb` over the pixels `x0..=x1` of row `y` with opacity
-    /// `alpha / 256`; coordinates outside the frame are clipped.
+    /// `alpha / 256`; coordinates outside the frame are clipped. Each channel
+    /// becomes `(c·(256 − a) + o·a + 128) >> 8`.
     pub fn blend_run(&mut self, y: usize, x0: usize, x1: usize, rgb: [u8; 3], alpha: u16) {
-        if y >= self.height || x0 >= self.width {
+        if y >= self.height || x0 >= self.width || x1 < x0 {
             return;
         }
         let x1 = x1.min(self.width - 1);
-        let a = u32::from(alpha.min(256));
-        for x in x0..=x1 {
-            let i = y * self.width + x;
-            for (c, &o) in self.data[3 * i..3 * i + 3].iter_mut().zip(&rgb) {
-                *c = ((u32::from(*c) * (256 - a) + u32::from(o) * a + 128) >> 8) as u8;
-            }
-            if let Some(t) = self.touched.as_deref_mut() {
-                t[i] = true;
-            }
+        let (first, last) = (y * self.width + x0, y * self.width + x1);
+        blend_bytes(&mut self.data[3 * first..3 * (last + 1)], rgb, alpha);
+        if let Some(t) = self.touched.as_deref_mut() {
+            t[first..=last].fill(true);
         }
+    }
+}
+
+/// Pixels blended per block of [`blend_bytes`] (a whole number of vector
+/// registers of `u16` lanes for the common SIMD widths).
+const BLEND_BLOCK_PIXELS: usize = 32;
+
+/// Blends `rgb` with opacity `alpha / 256` (clamped to 256) over packed RGB
+/// pixels: `(c·(256 − a) + o·a + 128) >> 8` per channel.
+///
+/// The sum is at most `255·256 + 128 = 65408`, so it is computed exactly in
+/// `u16`, and the block loop over a fixed colour pattern vectorises without
+/// any target feature beyond the x86-64/aarch64 baseline.
+fn blend_bytes(px: &mut [u8], rgb: [u8; 3], alpha: u16) {
+    let a = alpha.min(256);
+    let keep = 256 - a;
+    let add: [u16; 3] = rgb.map(|o| u16::from(o) * a + 128);
+    let mut pattern = [0u16; 3 * BLEND_BLOCK_PIXELS];
+    for (p, &k) in pattern.iter_mut().zip(add.iter().cycle()) {
+        *p = k;
+    }
+    let mut blocks = px.chunks_exact_mut(3 * BLEND_BLOCK_PIXELS);
+    // never wraps (see above); the wrapping forms only spare the overflow
+    // checks of builds that keep them on, which would stop vectorisation
+    let blend = |c: &mut u8, k: u16| {
+        *c = (u16::from(*c).wrapping_mul(keep).wrapping_add(k) >> 8) as u8;
+    };
+    for block in &mut blocks {
+        for (c, &k) in block.iter_mut().zip(&pattern) {
+            blend(c, k);
+        }
+    }
+    for (c, &k) in blocks.into_remainder().iter_mut().zip(&pattern) {
+        blend(c, k);
     }
 }
 
@@ -143,35 +173,44 @@ impl MaskShape {
         {
             return s;
         }
-        let on = |x: usize, y: usize| seg.mask[y * w + x] != 0;
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-        for y in 0..h {
-            let row = &seg.mask[y * w..(y + 1) * w];
-            let mut x = 0;
-            while x < w {
-                if row[x] == 0 {
-                    x += 1;
-                    continue;
-                }
-                let start = x;
-                while x < w && row[x] != 0 {
-                    let edge = x == 0
-                        || x + 1 == w
-                        || y == 0
-                        || y + 1 == h
-                        || !on(x - 1, y)
-                        || !on(x + 1, y)
-                        || !on(x, y - 1)
-                        || !on(x, y + 1);
-                    if edge {
-                        s.contour.push((x as u32, y as u32));
+        for (y, row) in seg.mask.chunks_exact(w).enumerate() {
+            // the rows above and below, `None` on the frame border (where every
+            // mask pixel is a contour pixel)
+            let neighbours = (y > 0 && y + 1 < h).then(|| {
+                (
+                    &seg.mask[(y - 1) * w..y * w],
+                    &seg.mask[(y + 1) * w..(y + 2) * w],
+                )
+            });
+            for (start, end) in mask_runs(row) {
+                // a run's first and last pixels have a background (or border)
+                // neighbour on the left or right; the pixels between are contour
+                // where the row above or below is background
+                s.contour.push((start as u32, y as u32));
+                match neighbours {
+                    Some((above, below)) => {
+                        // empty for runs of one pixel
+                        let (mut x, stop) = (start + 1, end.max(start + 1));
+                        while x < stop {
+                            x += first_with_background(&above[x..stop], &below[x..stop]);
+                            if x < stop {
+                                s.contour.push((x as u32, y as u32));
+                                x += 1;
+                            }
+                        }
                     }
-                    x += 1;
+                    None => s
+                        .contour
+                        .extend((start + 1..end).map(|x| (x as u32, y as u32))),
                 }
-                s.runs.push((y as u32, start as u32, (x - 1) as u32));
-                s.area += x - start;
+                if end > start {
+                    s.contour.push((end as u32, y as u32));
+                }
+                s.runs.push((y as u32, start as u32, end as u32));
+                s.area += end + 1 - start;
                 x0 = x0.min(start);
-                x1 = x1.max(x - 1);
+                x1 = x1.max(end);
                 y0 = y0.min(y);
                 y1 = y1.max(y);
             }
@@ -181,6 +220,78 @@ impl MaskShape {
         }
         s
     }
+}
+
+/// Bytes examined at once when scanning a mask row: a block is tested with
+/// branch-free folds (which vectorise) and only a block holding what is looked
+/// for is scanned byte by byte.
+const SCAN_BLOCK: usize = 32;
+
+/// Index of the first non-zero (`nonzero`) or zero byte of `s`, or `s.len()`.
+fn find_byte(s: &[u8], nonzero: bool) -> usize {
+    let hit = |v: u8| (v != 0) == nonzero;
+    let mut blocks = s.chunks_exact(SCAN_BLOCK);
+    let mut base = 0;
+    for block in &mut blocks {
+        let any = if nonzero {
+            block.iter().fold(0u8, |acc, &v| acc | v) != 0
+        } else {
+            block.iter().fold(false, |acc, &v| acc | (v == 0))
+        };
+        if any {
+            return base + block.iter().position(|&v| hit(v)).unwrap_or(SCAN_BLOCK);
+        }
+        base += SCAN_BLOCK;
+    }
+    base + blocks
+        .remainder()
+        .iter()
+        .position(|&v| hit(v))
+        .unwrap_or(blocks.remainder().len())
+}
+
+/// The foreground runs of one mask row, `(first, last)` column (inclusive), in
+/// order.
+pub(crate) fn mask_runs(row: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut x = 0;
+    std::iter::from_fn(move || {
+        if x >= row.len() {
+            return None;
+        }
+        let start = x + find_byte(&row[x..], true);
+        if start >= row.len() {
+            x = start;
+            return None;
+        }
+        let end = start + find_byte(&row[start..], false) - 1;
+        x = end + 1;
+        Some((start, end))
+    })
+}
+
+/// Index of the first column where `above` or `below` (same length) is zero, or
+/// the length.
+fn first_with_background(above: &[u8], below: &[u8]) -> usize {
+    let n = above.len().min(below.len());
+    let mut base = 0;
+    for (a, b) in above[..n]
+        .chunks_exact(SCAN_BLOCK)
+        .zip(below[..n].chunks_exact(SCAN_BLOCK))
+    {
+        let any = a
+            .iter()
+            .zip(b)
+            .fold(false, |acc, (&a, &b)| acc | (a == 0) | (b == 0));
+        if any {
+            break;
+        }
+        base += SCAN_BLOCK;
+    }
+    base + above[base..n]
+        .iter()
+        .zip(&below[base..n])
+        .position(|(&a, &b)| a == 0 || b == 0)
+        .unwrap_or(n - base)
 }
 
 /// Colours and opacity of the overlay.
@@ -347,6 +458,109 @@ mod tests {
             height: h,
             mask,
             iou_prediction: Some(0.9),
+        }
+    }
+
+    /// `MaskShape::of` pixel by pixel: a pixel is on the contour when it is on
+    /// the frame border or one of its 4 neighbours is background.
+    fn shape_per_pixel(seg: &Segmentation) -> MaskShape {
+        let (w, h) = (seg.width, seg.height);
+        let mut s = MaskShape {
+            width: w,
+            height: h,
+            ..MaskShape::default()
+        };
+        let on = |x: usize, y: usize| seg.mask[y * w + x] != 0;
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for y in 0..h {
+            let mut run: Option<usize> = None;
+            for x in 0..=w {
+                if x < w && on(x, y) {
+                    run.get_or_insert(x);
+                    let edge = x == 0
+                        || x + 1 == w
+                        || y == 0
+                        || y + 1 == h
+                        || !on(x - 1, y)
+                        || !on(x + 1, y)
+                        || !on(x, y - 1)
+                        || !on(x, y + 1);
+                    if edge {
+                        s.contour.push((x as u32, y as u32));
+                    }
+                } else if let Some(start) = run.take() {
+                    s.runs.push((y as u32, start as u32, (x - 1) as u32));
+                    s.area += x - start;
+                    (x0, x1) = (x0.min(start), x1.max(x - 1));
+                    (y0, y1) = (y0.min(y), y1.max(y));
+                }
+            }
+        }
+        s.bbox = (s.area > 0).then_some([x0, y0, x1, y1]);
+        s
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// The block blend equals the per-pixel formula in u32, and flags
+        /// exactly the run's pixels.
+        #[test]
+        fn blend_run_matches_per_pixel_formula(
+            w in 1usize..200, x0 in 0usize..220, len in 0usize..220,
+            rgb in proptest::array::uniform3(0u8..=255), alpha in 0u16..300, seed in 0u8..=255,
+        ) {
+            let h = 2;
+            let input: Vec<u8> = (0..w * h * 3).map(|i| (i * 31 + usize::from(seed)) as u8).collect();
+            let mut out = input.clone();
+            let mut touched = vec![false; w * h];
+            let mut c = Canvas::new(w, h, &mut out, Some(&mut touched)).unwrap();
+            let x1 = x0 + len;
+            c.blend_run(1, x0, x1, rgb, alpha);
+            let a = u32::from(alpha.min(256));
+            for y in 0..h {
+                for x in 0..w {
+                    let i = y * w + x;
+                    let inside = y == 1 && x >= x0 && x <= x1;
+                    proptest::prop_assert_eq!(touched[i], inside);
+                    for k in 0..3 {
+                        let want = if inside {
+                            ((u32::from(input[3 * i + k]) * (256 - a) + u32::from(rgb[k]) * a + 128) >> 8) as u8
+                        } else {
+                            input[3 * i + k]
+                        };
+                        proptest::prop_assert_eq!(out[3 * i + k], want);
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// The run-wise extraction gives the same runs, contour (in the same
+        /// order), area and box as the per-pixel definition, borders included.
+        #[test]
+        fn shape_matches_per_pixel_definition(
+            w in 1usize..100, h in 1usize..30, density in 0u8..=255, seed in 0u64..10_000,
+        ) {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mask = (0..w * h)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    u8::from(((x >> 32) as u8) < density)
+                })
+                .collect();
+            let seg = Segmentation { width: w, height: h, mask, iou_prediction: None };
+            let fast = MaskShape::of(&seg);
+            let slow = shape_per_pixel(&seg);
+            proptest::prop_assert_eq!(&fast.runs, &slow.runs);
+            proptest::prop_assert_eq!(&fast.contour, &slow.contour);
+            proptest::prop_assert_eq!(fast.area, slow.area);
+            proptest::prop_assert_eq!(fast.bbox, slow.bbox);
         }
     }
 

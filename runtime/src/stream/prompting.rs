@@ -216,22 +216,26 @@ impl MaskStats {
             return None;
         }
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-        let (mut area, mut sx, mut sy) = (0usize, 0f64, 0f64);
-        for (y, row) in seg.mask.chunks_exact(seg.width).enumerate() {
-            for (x, _) in row.iter().enumerate().filter(|(_, v)| **v != 0) {
-                x0 = x0.min(x);
-                x1 = x1.max(x);
+        // coordinate sums as exact integers, run by run
+        let (mut area, mut sx, mut sy) = (0usize, 0u128, 0u128);
+        let w = seg.width;
+        for (y, row) in seg.mask.chunks_exact(w).enumerate() {
+            for (start, end) in super::overlay::mask_runs(row) {
+                let len = end + 1 - start;
+                x0 = x0.min(start);
+                x1 = x1.max(end);
                 y0 = y0.min(y);
                 y1 = y1.max(y);
-                area += 1;
-                sx += x as f64;
-                sy += y as f64;
+                area += len;
+                // start + (start + 1) + … + end
+                sx += (start as u128 + end as u128) * len as u128 / 2;
+                sy += y as u128 * len as u128;
             }
         }
         (area > 0).then(|| Self {
             bbox: [x0, y0, x1, y1],
             area,
-            centroid: [sx / area as f64, sy / area as f64],
+            centroid: [sx as f64 / area as f64, sy as f64 / area as f64],
         })
     }
 }
@@ -441,6 +445,44 @@ mod tests {
             height: h,
             mask,
             iou_prediction: None,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// The run-wise statistics equal the pixel-by-pixel sums.
+        #[test]
+        fn mask_stats_match_per_pixel_sums(
+            w in 1usize..100, h in 1usize..30, density in 0u8..=255, seed in 0u64..10_000,
+        ) {
+            let mut r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mask: Vec<u8> = (0..w * h)
+                .map(|_| {
+                    r ^= r << 13;
+                    r ^= r >> 7;
+                    r ^= r << 17;
+                    u8::from(((r >> 32) as u8) < density)
+                })
+                .collect();
+            let (mut b, mut area, mut sx, mut sy) = ([usize::MAX, usize::MAX, 0, 0], 0usize, 0f64, 0f64);
+            for (i, _) in mask.iter().enumerate().filter(|(_, v)| **v != 0) {
+                let (x, y) = (i % w, i / w);
+                b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
+                area += 1;
+                sx += x as f64;
+                sy += y as f64;
+            }
+            let seg = Segmentation { width: w, height: h, mask, iou_prediction: None };
+            let got = MaskStats::of(&seg);
+            match got {
+                None => proptest::prop_assert_eq!(area, 0),
+                Some(s) => {
+                    proptest::prop_assert_eq!(s.bbox, b);
+                    proptest::prop_assert_eq!(s.area, area);
+                    proptest::prop_assert_eq!(s.centroid, [sx / area as f64, sy / area as f64]);
+                }
+            }
         }
     }
 
