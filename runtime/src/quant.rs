@@ -4,7 +4,8 @@
 //! reduced form, and its manifest's `quantization` map says how, per tensor:
 //!
 //! * `per_channel {axis, scales, zero_points}`: `i8` (or `u8`) values with one `f32`
-//!   scale (and optionally one zero point of the values' type) per slice along `axis`;
+//!   (or `f16`) scale (and optionally one zero point of the values' type) per slice
+//!   along `axis`;
 //!   `value = scale[c] · (q − zero_point[c])`. edgeseg's quantizer writes symmetric `i8`
 //!   per output channel (no zero points).
 //! * `per_tensor {scale, zero_point}`: the same with one scale for the whole tensor.
@@ -74,6 +75,9 @@ pub struct PerChannelI8 {
     pub values: Vec<i8>,
     /// One scale per slice along the axis (`> 0`, finite).
     pub scales: Vec<f32>,
+    /// Every scale is exactly a normal `f16`, so they may be stored as `f16`
+    /// (half the bytes) with no change in value.
+    pub scales_fit_f16: bool,
 }
 
 /// Largest magnitude of a symmetric `i8` value (−128 is not used, so the range is
@@ -131,10 +135,18 @@ pub fn quantize_i8_per_channel(
             }
         }
     }
-    let scales: Vec<f32> = max_abs
+    let mut scales: Vec<f32> = max_abs
         .iter()
         .map(|&m| if m > 0.0 { m / I8_MAX } else { 1.0 })
         .collect();
+    // Round every scale up to the next f16 when all of them are normal f16
+    // numbers: the scale table then takes half the bytes, and rounding up keeps
+    // every |v| / scale within 127 (the step grows by at most 2^-11).
+    let f16_scales: Option<Vec<f32>> = scales.iter().map(|&s| f16_round_up(s)).collect();
+    let scales_fit_f16 = f16_scales.is_some();
+    if let Some(f) = f16_scales {
+        scales = f;
+    }
     // a tiny max|v| can give a scale that underflows to 0
     if let Some(c) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(QuantError::Parameters {
@@ -158,7 +170,26 @@ pub fn quantize_i8_per_channel(
             }
         }
     }
-    Ok(PerChannelI8 { values: q, scales })
+    Ok(PerChannelI8 {
+        values: q,
+        scales,
+        scales_fit_f16,
+    })
+}
+
+/// The smallest normal `f16` that is at least `s` (as `f32`), or `None` when `s`
+/// is not finite and positive or no normal `f16` holds it without a large
+/// relative error (below `f16::MIN_POSITIVE` or above `f16::MAX`).
+fn f16_round_up(s: f32) -> Option<f32> {
+    if !(s.is_finite() && s >= f16::MIN_POSITIVE.to_f32() && s <= f16::MAX.to_f32()) {
+        return None;
+    }
+    let mut h = f16::from_f32(s);
+    if h.to_f32() < s {
+        // positive finite: the next representable value up is the next bit pattern
+        h = f16::from_bits(h.to_bits() + 1);
+    }
+    (h.is_finite() && h.to_f32() >= s).then(|| h.to_f32())
 }
 
 /// `values` as `f16`; a NaN, an infinity or a magnitude beyond `f16::MAX` is an error
@@ -188,6 +219,15 @@ pub fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Little-endian `f16` bytes of `values` (exact for values that are `f16`
+/// numbers, such as the scales of a [`PerChannelI8`] with `scales_fit_f16`).
+pub fn f16_le_bytes(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
 fn check_len(view: &TensorView<'_>) -> Result<(usize, Vec<usize>), QuantError> {
     let shape_err = |reason: String| QuantError::Shape {
         tensor: view.name.to_string(),
@@ -210,6 +250,13 @@ fn check_len(view: &TensorView<'_>) -> Result<(usize, Vec<usize>), QuantError> {
         )));
     }
     Ok((n, shape))
+}
+
+fn read_f16(view: &TensorView<'_>) -> Vec<f32> {
+    view.bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
 }
 
 fn read_f32(view: &TensorView<'_>) -> Vec<f32> {
@@ -313,14 +360,13 @@ pub fn dequantize<'a>(
                 })?;
             let sv = lookup(scales)
                 .ok_or_else(|| params(format!("scale tensor `{scales}` is missing")))?;
-            if sv.dtype != DType::F32 || sv.shape != [channels as u64] {
+            if !matches!(sv.dtype, DType::F32 | DType::F16) || sv.shape != [channels as u64] {
                 return Err(params(format!(
-                    "scale tensor `{scales}` is {:?} {:?}, expected F32 [{channels}]",
+                    "scale tensor `{scales}` is {:?} {:?}, expected F32 or F16 [{channels}]",
                     sv.dtype, sv.shape
                 )));
             }
-            check_len(&sv)?;
-            let s: Vec<f32> = read_f32(&sv)
+            let s: Vec<f32> = scale_values(&sv)?
                 .into_iter()
                 .enumerate()
                 .map(|(c, s)| check_scale(name, format!("scale {c} (`{scales}`)"), s))
@@ -353,6 +399,27 @@ pub fn dequantize<'a>(
             }
             Ok(out)
         }
+    }
+}
+
+/// The values of a per-channel scale tensor (`f32` or `f16`, which widens
+/// exactly), unchecked otherwise: [`dequantize`] checks its shape and that every
+/// scale is finite and positive.
+pub fn scale_values(view: &TensorView<'_>) -> Result<Vec<f32>, QuantError> {
+    match view.dtype {
+        DType::F32 => {
+            check_len(view)?;
+            Ok(read_f32(view))
+        }
+        DType::F16 => {
+            check_len(view)?;
+            Ok(read_f16(view))
+        }
+        dtype => Err(QuantError::DType {
+            tensor: view.name.to_string(),
+            dtype,
+            scheme: "per_channel scales",
+        }),
     }
 }
 
@@ -448,6 +515,53 @@ mod tests {
                 assert_eq!(max_q, 127, "axis {axis} channel {c}");
             }
         }
+    }
+
+    #[test]
+    fn f16_scales_are_exact_rounded_up_and_refused_when_subnormal() {
+        let shape = [6usize, 7];
+        let mut v = values(42, 3);
+        for (i, x) in v.iter_mut().enumerate() {
+            *x *= 10f32.powi((i / 7) as i32 - 2);
+        }
+        let q = quantize_i8_per_channel("w", &v, &shape, 0).unwrap();
+        assert!(q.scales_fit_f16);
+        for (c, &s) in q.scales.iter().enumerate() {
+            let max_abs = v[c * 7..(c + 1) * 7]
+                .iter()
+                .fold(0f32, |m, x| m.max(x.abs()));
+            assert_eq!(f16::from_f32(s).to_f32(), s, "channel {c}: not an f16");
+            assert!(s >= max_abs / I8_MAX, "channel {c}: rounded down");
+            assert!(
+                s <= max_abs / I8_MAX * (1.0 + 1.0 / 1024.0),
+                "channel {c}: too coarse"
+            );
+        }
+        // stored as f16 or f32, the scales dequantize to the same values
+        let bytes: Vec<u8> = q.values.iter().map(|&x| x as u8).collect();
+        let scheme = Quantization::PerChannel {
+            axis: 0,
+            scales: "s".into(),
+            zero_points: None,
+        };
+        let (s16, s32) = (f16_le_bytes(&q.scales), f32_le_bytes(&q.scales));
+        let deq = |dtype, sb: &[u8]| {
+            dequantize(
+                &view("w", DType::I8, &[6, 7], &bytes),
+                Some(&scheme),
+                |_| Some(view("s", dtype, &[6], sb)),
+            )
+            .unwrap()
+        };
+        assert_eq!(deq(DType::F16, &s16), deq(DType::F32, &s32));
+        assert_eq!(s16.len() * 2, s32.len());
+        // a channel whose scale is below f16's normal range keeps f32 scales
+        let q = quantize_i8_per_channel("w", &[1.0, 0.5, 1e-3, -1e-3], &[2, 2], 0).unwrap();
+        assert!(!q.scales_fit_f16);
+        assert_eq!(q.scales[1], 1e-3 / I8_MAX);
+        assert_eq!(f16_round_up(f32::NAN), None);
+        assert_eq!(f16_round_up(1.0), Some(1.0));
+        assert_eq!(f16_round_up(1e6), None);
     }
 
     #[test]

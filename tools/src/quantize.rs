@@ -3,7 +3,8 @@
 //!
 //! * **Form.** The quantized bundle keeps the float graphs; only its tensor table changes.
 //!   Weights of `Conv`, `ConvTranspose`, `MatMul` and `Gemm` become symmetric `i8` with
-//!   one `f32` scale per output channel (tensor `<name>.scale`); other large tensors of
+//!   one scale per output channel (tensor `<name>.scale`: `f16`, rounded up, when every scale
+//!   of the tensor is a normal `f16`, else `f32`); other large tensors of
 //!   rank ≥ 2 (attention-bias tables, positional encodings) `i8` with one scale per row;
 //!   the rest (biases, norm parameters) `f16` ([`Candidate::int8_axis`]). The
 //!   manifest's `quantization` map records the scheme per tensor, and the runtime
@@ -321,6 +322,10 @@ pub fn candidates(bundle: &Bundle, path: &Path) -> Result<Vec<Candidate>, Quanti
     Ok(out)
 }
 
+/// Stored per-channel scales: `f16` where every scale of the tensor is exactly a
+/// normal `f16` (half the bytes), else `f32`; `(type, little-endian bytes)`.
+type ScaleBytes = (DType, Vec<u8>);
+
 /// One tensor prepared in every precision it may take.
 struct Prepared {
     name: String,
@@ -328,7 +333,7 @@ struct Prepared {
     f32_bytes: Vec<u8>,
     f16_bytes: Option<Vec<u8>>,
     /// `(axis, values, scales)`.
-    int8: Option<(usize, Vec<u8>, Vec<u8>)>,
+    int8: Option<(usize, Vec<u8>, ScaleBytes)>,
 }
 
 /// The float bundle, its candidates prepared, ready to build any plan.
@@ -399,11 +404,12 @@ impl Quantizer {
             let int8 = match c.int8_axis {
                 Some(axis) => {
                     let q = quant::quantize_i8_per_channel(&c.name, &values, &c.shape, axis)?;
-                    Some((
-                        axis,
-                        q.values.iter().map(|&v| v as u8).collect(),
-                        quant::f32_le_bytes(&q.scales),
-                    ))
+                    let scales = if q.scales_fit_f16 {
+                        (DType::F16, quant::f16_le_bytes(&q.scales))
+                    } else {
+                        (DType::F32, quant::f32_le_bytes(&q.scales))
+                    };
+                    Some((axis, q.values.iter().map(|&v| v as u8).collect(), scales))
                 }
                 None => None,
             };
@@ -481,13 +487,13 @@ impl Quantizer {
                 continue;
             };
             match (precision, &p.f16_bytes, &p.int8) {
-                (Precision::Int8, _, Some((axis, values, scales))) => {
+                (Precision::Int8, _, Some((axis, values, (scale_type, scales)))) => {
                     let scale_name = format!("{}{SCALE_SUFFIX}", p.name);
                     let channels = p.shape.get(*axis).copied().unwrap_or(0);
                     tensors.push((p.name.clone(), DType::I8, p.shape.clone(), values.clone()));
                     tensors.push((
                         scale_name.clone(),
-                        DType::F32,
+                        *scale_type,
                         vec![channels],
                         scales.clone(),
                     ));
@@ -1071,7 +1077,7 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
     let float_sha = edgeseg_runtime::bundle::hex(&q.bundle().file_sha256());
     let record = serde_json::json!({
         "mode": report.mode,
-        "form": "weight-only: int8 per output channel (symmetric, f32 scales) / f16, dequantized to f32 at load",
+        "form": "weight-only: int8 per output channel (symmetric, f16 or f32 scales) / f16, dequantized to f32 at load",
         "float_bundle_sha256": float_sha,
         "counts": report.counts,
         "calibration": {

@@ -106,7 +106,7 @@ pub enum Quantization {
     /// One scale and zero point for the whole tensor.
     PerTensor { scale: f32, zero_point: i32 },
     /// One scale (and optionally zero point) per slice along `axis`, stored
-    /// as named tensors of the bundle.
+    /// as named tensors of the bundle (scales `f32` or `f16`).
     PerChannel {
         axis: u32,
         scales: String,

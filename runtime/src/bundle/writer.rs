@@ -137,7 +137,10 @@ impl BundleWriter {
                 sha256: hex(&sha256(bytes)),
             })
             .collect();
-        let manifest_bytes = serde_json::to_vec_pretty(&manifest)
+        // compact JSON: the manifest of a quantized bundle names hundreds of
+        // tensors, and indentation would be ~20 % of it (`edgeseg-tools inspect`
+        // prints its contents)
+        let manifest_bytes = serde_json::to_vec(&manifest)
             .map_err(|e| build_err(format!("manifest does not serialize: {e}")))?;
         let signature = self.key.as_ref().map(|key| {
             let sig = key.sign(&signing_message(&manifest_bytes));
