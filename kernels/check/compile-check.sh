@@ -50,6 +50,8 @@ export LD_LIBRARY_PATH="$NV/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 # The GPU module is behind the `cuda` feature, which the workspace clippy step does not enable.
 cargo clippy --quiet -p edgeseg-kernels --all-targets --features cuda -- -D warnings
+# ... and so is the runtime's CUDA backend (backend::gpu, its tests and gpu_model_bench).
+cargo clippy --quiet -p edgeseg-runtime --all-targets --features cuda -- -D warnings
 cargo run --quiet -p edgeseg-kernels --features cuda --example compile_check -- \
   --ptxas "$PTXAS" --arch sm_87,sm_90 "$@"
 

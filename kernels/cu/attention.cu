@@ -99,12 +99,19 @@ __device__ __forceinline__ void attention_impl(
 ATT_ENTRY(16, 16)
 ATT_ENTRY(32, 16)
 ATT_ENTRY(64, 8)
+// the distilled students' decoder (96 wide, 4 heads: 24; downsampled cross-attention: 12) and
+// other small widths
+ATT_ENTRY(8, 16)
+ATT_ENTRY(12, 16)
+ATT_ENTRY(24, 16)
+ATT_ENTRY(48, 8)
 
 // x: b x h x w x c  ->  out: (b * nh * nw) x ws*ws x c, zero padding bottom/right.
-// One thread per output element.
-extern "C" __global__ void window_partition_f16(const f16_t* __restrict__ x,
-                                                f16_t* __restrict__ out, int b, int h, int w,
-                                                int c, int ws) {
+// One thread per output element; f16 (attention operands) and f32 (the runtime's plan).
+template <typename T>
+__device__ __forceinline__ void window_partition_impl(const T* __restrict__ x,
+                                                      T* __restrict__ out, int b, int h, int w,
+                                                      int c, int ws) {
     int nh = (h + ws - 1) / ws, nw = (w + ws - 1) / ws;
     long long total = (long long)b * nh * nw * ws * ws * c;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
@@ -115,14 +122,15 @@ extern "C" __global__ void window_partition_f16(const f16_t* __restrict__ x,
         long long win = t / (ws * ws);
         int wx = (int)(win % nw), wy = (int)((win / nw) % nh), bi = (int)(win / ((long long)nw * nh));
         int y = wy * ws + tok / ws, xx = wx * ws + tok % ws;
-        out[e] = (y < h && xx < w) ? x[(((long long)bi * h + y) * w + xx) * c + ch] : (f16_t)0;
+        out[e] = (y < h && xx < w) ? x[(((long long)bi * h + y) * w + xx) * c + ch] : (T)0;
     }
 }
 
-// Inverse of window_partition_f16 (drops the padding). One thread per output element.
-extern "C" __global__ void window_reverse_f16(const f16_t* __restrict__ win,
-                                              f16_t* __restrict__ x, int b, int h, int w, int c,
-                                              int ws) {
+// Inverse of window_partition (drops the padding). One thread per output element.
+template <typename T>
+__device__ __forceinline__ void window_reverse_impl(const T* __restrict__ win,
+                                                    T* __restrict__ x, int b, int h, int w, int c,
+                                                    int ws) {
     int nh = (h + ws - 1) / ws, nw = (w + ws - 1) / ws;
     long long total = (long long)b * h * w * c;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
@@ -135,4 +143,28 @@ extern "C" __global__ void window_reverse_f16(const f16_t* __restrict__ win,
         long long wi = ((long long)bi * nh + y / ws) * nw + xx / ws;
         x[e] = win[(wi * ws * ws + (y % ws) * ws + xx % ws) * c + ch];
     }
+}
+
+extern "C" __global__ void window_partition_f16(const f16_t* __restrict__ x,
+                                                f16_t* __restrict__ out, int b, int h, int w,
+                                                int c, int ws) {
+    window_partition_impl(x, out, b, h, w, c, ws);
+}
+
+extern "C" __global__ void window_reverse_f16(const f16_t* __restrict__ win,
+                                              f16_t* __restrict__ x, int b, int h, int w, int c,
+                                              int ws) {
+    window_reverse_impl(win, x, b, h, w, c, ws);
+}
+
+extern "C" __global__ void window_partition_f32(const float* __restrict__ x,
+                                                float* __restrict__ out, int b, int h, int w,
+                                                int c, int ws) {
+    window_partition_impl(x, out, b, h, w, c, ws);
+}
+
+extern "C" __global__ void window_reverse_f32(const float* __restrict__ win,
+                                              float* __restrict__ x, int b, int h, int w, int c,
+                                              int ws) {
+    window_reverse_impl(win, x, b, h, w, c, ws);
 }

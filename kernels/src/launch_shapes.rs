@@ -60,6 +60,19 @@ pub fn elementwise(n: usize) -> R {
     Ok(s((b, 1, 1), (256, 1, 1), 0))
 }
 
+/// `transpose_f32`: 32 × 32 tiles of `x` (`rows × cols`), 32 × 8 threads.
+pub fn transpose(rows: usize, cols: usize) -> R {
+    Ok(s(
+        (
+            blocks(cols, 32)?,
+            dim("transpose rows / 32", rows.div_ceil(32), 65535)?,
+            1,
+        ),
+        (32, 8, 1),
+        0,
+    ))
+}
+
 /// `pre_resize`: one thread per resized pixel.
 pub fn pre_resize(new_h: usize, new_w: usize) -> R {
     Ok(s((blocks(new_h * new_w, 256)?, 1, 1), (256, 1, 1), 0))

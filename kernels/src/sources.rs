@@ -48,8 +48,14 @@ pub const SOURCES: &[KernelSource] = &[
             "attention_f16_d16",
             "attention_f16_d32",
             "attention_f16_d64",
+            "attention_f16_d8",
+            "attention_f16_d12",
+            "attention_f16_d24",
+            "attention_f16_d48",
             "window_partition_f16",
             "window_reverse_f16",
+            "window_partition_f32",
+            "window_reverse_f32",
         ]
     ),
     src!("conv.cu", ["conv3x3_bn_act_f32", "dwconv3x3_bn_act_f32"]),
@@ -63,6 +69,18 @@ pub const SOURCES: &[KernelSource] = &[
     ),
     src!("gemm_i8.cu", ["gemm_i8_dequant_f32"]),
     src!("fewshot.cu", ["masked_avg_pool_f32", "cosine_sim_f32"]),
+    src!(
+        "tensor.cu",
+        [
+            "add_act_f32",
+            "add_broadcast_f32",
+            "transpose_f32",
+            "gather_heads_f16",
+            "f16_to_f32",
+            "conv_transpose2x2_f32",
+            "box_prior_add_f32",
+        ]
+    ),
 ];
 
 /// Looks a source up by file name.

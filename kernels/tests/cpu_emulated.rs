@@ -269,6 +269,13 @@ type GemmK = unsafe extern "C" fn(usize, usize, usize, usize, i32, i32, i32, i32
 type GemmI8K = unsafe extern "C" fn(usize, usize, usize, usize, usize, i32, i32, i32);
 type PoolK = unsafe extern "C" fn(usize, usize, usize, i32, i32, f32);
 type CosK = unsafe extern "C" fn(usize, usize, usize, i32, i32, i32, f32);
+type AddK = unsafe extern "C" fn(usize, usize, usize, i64, i32);
+type BcastK = unsafe extern "C" fn(usize, usize, usize, i64, i32);
+type TransK = unsafe extern "C" fn(usize, usize, i32, i32);
+type GatherK = unsafe extern "C" fn(usize, usize, i64, i64, i64, i64, i32, i32, i32, i32);
+type ConvTK = unsafe extern "C" fn(usize, usize, usize, usize, i32, i32, i32, i32);
+type PriorK =
+    unsafe extern "C" fn(usize, usize, usize, usize, f32, f32, f32, f32, f32, f32, i32, i32);
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {
@@ -417,7 +424,7 @@ proptest! {
     #[test]
     fn attention_kernel_matches_reference(
         batch in 1usize..3, heads in 1usize..3, nq in 1usize..80, nk in 1usize..150,
-        dim in prop::sample::select(vec![16usize, 32, 64]), bnhd in any::<bool>(), with_bias in any::<bool>(), seed in any::<u64>(),
+        dim in prop::sample::select(nn::ATTENTION_HEAD_DIMS.to_vec()), bnhd in any::<bool>(), with_bias in any::<bool>(), seed in any::<u64>(),
     ) {
         let e = emu_or_skip!();
         let s = AttnShape { batch, heads, nq, nk, dim };
@@ -593,4 +600,121 @@ fn dynamic_shared_memory_declarations_are_rewritten() {
         cpu_source("a; extern __shared__ float s_p[]; b"),
         "a; float* s_p = (float*)emu_dyn_smem; b"
     );
+}
+
+proptest! {
+    #![proptest_config(cases(12))]
+
+    /// The plan's data-movement kernels (tensor.cu and the f32 window kernels):
+    /// copies bit-exact, arithmetic in the f32 tier.
+    #[test]
+    fn tensor_kernels_match_reference(
+        rows in 1usize..70, cols in 1usize..70, act in 0usize..3, cn in 1usize..8,
+        h in 1usize..20, w in 1usize..20, ws in prop::sample::select(vec![4usize, 7]), seed in any::<u64>(),
+    ) {
+        let e = emu_or_skip!();
+        let act = [Act::None, Act::Relu, Act::Gelu][act];
+        let n = rows * cols;
+        let (x, z) = (vals(seed, n, -4.0, 4.0), vals(seed ^ 1, n, -4.0, 4.0));
+        let mut y = vec![f32::NAN; n];
+        let k: AddK = e.kernel("add_act_f32");
+        let p = (a(x.as_ptr()), a(z.as_ptr()), a(y.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(n), || unsafe { k(p.0, p.1, p.2, n as i64, act.code()) });
+        close(&y, &nn::add_act(&x, &z, act).unwrap(), tol::F32, 1e-6)?;
+
+        let c = vals(seed ^ 2, cn, -1.0, 1.0);
+        let xb = vals(seed ^ 3, cn * rows, -4.0, 4.0);
+        let mut yb = vec![f32::NAN; xb.len()];
+        let k: BcastK = e.kernel("add_broadcast_f32");
+        let p = (a(xb.as_ptr()), a(c.as_ptr()), a(yb.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(xb.len()), || unsafe { k(p.0, p.1, p.2, xb.len() as i64, cn as i32) });
+        prop_assert_eq!(&yb, &nn::add_broadcast(&xb, &c).unwrap());
+
+        let mut t = vec![f32::NAN; n];
+        let k: TransK = e.kernel("transpose_f32");
+        let p = (a(x.as_ptr()), a(t.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::transpose(rows, cols), || unsafe { k(p.0, p.1, rows as i32, cols as i32) });
+        prop_assert_eq!(&t, &nn::transpose(&x, rows, cols).unwrap());
+
+        // f32 windows, bit-exact both ways
+        let ch = cn;
+        let xt = vals(seed ^ 4, h * w * ch, -4.0, 4.0);
+        let want = nn::window_partition(&xt, 1, h, w, ch, ws).unwrap();
+        let mut win = vec![f32::NAN; want.len()];
+        let k: WinK = e.kernel("window_partition_f32");
+        let p = (a(xt.as_ptr()), a(win.as_mut_ptr()));
+        let d = (1, h as i32, w as i32, ch as i32, ws as i32);
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(want.len()), || unsafe { k(p.0, p.1, d.0, d.1, d.2, d.3, d.4) });
+        prop_assert_eq!(&win, &want);
+        let mut back = vec![f32::NAN; xt.len()];
+        let k: WinK = e.kernel("window_reverse_f32");
+        let p = (a(win.as_ptr()), a(back.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(xt.len()), || unsafe { k(p.0, p.1, d.0, d.1, d.2, d.3, d.4) });
+        prop_assert_eq!(&back, &xt);
+
+        // attention operand gather ([b, n, h, d] of a linear output, at an offset) and f16 -> f32
+        let (heads, dim, tok) = (cn, 4usize, rows);
+        let st = Strides::bnhd(heads, tok, dim);
+        let off = cols;
+        let src = vals(seed ^ 5, off + tok * heads * dim, -3.0, 3.0);
+        let want = nn::gather_heads_f16(&src, off, st, 1, heads, tok, dim).unwrap();
+        let mut gh = vec![0xffffu16; want.len()];
+        let k: GatherK = e.kernel("gather_heads_f16");
+        let p = (a(src.as_ptr()), a(gh.as_mut_ptr()));
+        let i = |v: usize| v as i64;
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(want.len()), || unsafe {
+            k(p.0, p.1, i(off), i(st.batch), i(st.head), i(st.token), 1, heads as i32, tok as i32, dim as i32)
+        });
+        prop_assert_eq!(&gh, &want);
+        let mut gf = vec![f32::NAN; gh.len()];
+        let k: EltK = e.kernel("f16_to_f32");
+        let p = (a(gh.as_ptr()), a(gf.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(gh.len()), || unsafe { k(p.0, p.1, gh.len() as i64) });
+        prop_assert_eq!(&gf, &from_f16_bits(&gh));
+    }
+
+    /// The decoder's transposed convolution and the students' box prior.
+    #[test]
+    fn upscaling_kernels_match_reference(
+        cin in 1usize..24, cout in 1usize..24, h in 1usize..16, w in 1usize..16,
+        masks in 1usize..5, side in 1usize..40, has_box in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let e = emu_or_skip!();
+        let x = vals(seed, cin * h * w, -2.0, 2.0);
+        let wt = vals(seed ^ 1, cin * cout * 4, -1.0, 1.0);
+        let bias = vals(seed ^ 2, cout, -1.0, 1.0);
+        let mut y = vec![f32::NAN; cout * 4 * h * w];
+        let k: ConvTK = e.kernel("conv_transpose2x2_f32");
+        let p = (a(x.as_ptr()), a(wt.as_ptr()), a(bias.as_ptr()), a(y.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(y.len()), || unsafe { k(p.0, p.1, p.2, p.3, cin as i32, cout as i32, h as i32, w as i32) });
+        close(&y, &nn::conv_transpose2x2(&x, &wt, &bias, 1, cin, cout, h, w).unwrap(), tol::F32, 1.0)?;
+
+        let size = 4.0 * side as f32;
+        let grid: Vec<f32> = (0..side).map(|j| (j as f32 + 0.5) * 4.0).collect();
+        let corners = vals(seed ^ 3, 4, 0.0, size);
+        let (coords, labels) = if has_box {
+            (vec![corners[0].min(corners[2]), corners[1].min(corners[3]), corners[0].max(corners[2]), corners[1].max(corners[3])], vec![2.0, 3.0])
+        } else {
+            (corners[..2].to_vec(), vec![1.0])
+        };
+        let bx = nn::BoxPriorParams::from_points(&coords, &labels, 4.0).unwrap();
+        prop_assert_eq!(bx.has_box, if has_box { 1.0 } else { 0.0 });
+        let logits = vals(seed ^ 4, masks * side * side, -8.0, 8.0);
+        let mut yp = vec![f32::NAN; logits.len()];
+        let k: PriorK = e.kernel("box_prior_add_f32");
+        let p = (a(logits.as_ptr()), a(grid.as_ptr()), a(grid.as_ptr()), a(yp.as_mut_ptr()));
+        // SAFETY: the kernel's C signature; every pointer is a live buffer sized for this launch.
+        e.launch(shapes::elementwise(yp.len()), || unsafe {
+            k(p.0, p.1, p.2, p.3, bx.cx, bx.cy, bx.rx, bx.ry, bx.height, bx.has_box, masks as i32, side as i32)
+        });
+        close(&yp, &nn::box_prior_add(&logits, &grid, &grid, bx, masks, side).unwrap(), tol::F32, 1.0)?;
+    }
 }

@@ -48,9 +48,13 @@ macro_rules! gpu_or_skip {
     };
 }
 
+/// 24 cases per property, or `$PROPTEST_CASES` (fewer under compute-sanitizer).
 fn cases() -> ProptestConfig {
     ProptestConfig {
-        cases: 24,
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(24),
         ..ProptestConfig::default()
     }
 }
@@ -278,7 +282,7 @@ proptest! {
     #[test]
     fn attention_matches_reference(
         batch in 1usize..3, heads in 1usize..4, nq in 1usize..130, nk in 1usize..200,
-        dim in prop::sample::select(vec![16usize, 32, 64]), bnhd in any::<bool>(),
+        dim in prop::sample::select(nn::ATTENTION_HEAD_DIMS.to_vec()), bnhd in any::<bool>(),
         with_bias in any::<bool>(), seed in any::<u64>(),
     ) {
         let g = gpu_or_skip!();
@@ -407,5 +411,92 @@ proptest! {
         let mut sim = g.zeros::<f32>(np * hw).unwrap();
         g.cosine_sim(&df, &dp, &mut sim, c, hw, np, 1e-8).unwrap();
         close(&g.download(&sim).unwrap(), &want, tol::F32, 1.0)?;
+    }
+
+    /// The plan's data-movement kernels (tensor.cu, f32 windows, device copies):
+    /// copies bit-exact, arithmetic in the f32 tier.
+    #[test]
+    fn tensor_kernels_match_reference(
+        rows in 1usize..300, cols in 1usize..300, act in 0usize..3, cn in 1usize..8,
+        h in 1usize..40, w in 1usize..40, ws in prop::sample::select(vec![4usize, 7, 8]), seed in any::<u64>(),
+    ) {
+        let g = gpu_or_skip!();
+        let act = [Act::None, Act::Relu, Act::Gelu][act];
+        let n = rows * cols;
+        let (x, z) = (vals(seed, n, -4.0, 4.0), vals(seed ^ 1, n, -4.0, 4.0));
+        let (dx, dz) = (g.upload(&x).unwrap(), g.upload(&z).unwrap());
+        let mut y = g.upload(&vec![f32::NAN; n]).unwrap();
+        g.add_act_f32(&dx, &dz, &mut y, act).unwrap();
+        close(&g.download(&y).unwrap(), &nn::add_act(&x, &z, act).unwrap(), tol::F32, 1e-6)?;
+        let c = vals(seed ^ 2, cn, -1.0, 1.0);
+        let xb = vals(seed ^ 3, cn * rows, -4.0, 4.0);
+        let mut yb = g.upload(&vec![f32::NAN; xb.len()]).unwrap();
+        g.add_broadcast_f32(&g.upload(&xb).unwrap(), &g.upload(&c).unwrap(), &mut yb).unwrap();
+        prop_assert_eq!(g.download(&yb).unwrap(), nn::add_broadcast(&xb, &c).unwrap());
+        let mut t = g.upload(&vec![f32::NAN; n]).unwrap();
+        g.transpose_f32(&dx, &mut t, rows, cols).unwrap();
+        prop_assert_eq!(g.download(&t).unwrap(), nn::transpose(&x, rows, cols).unwrap());
+        // slice and concat through device copies
+        let mut cat = g.upload(&vec![f32::NAN; 2 * n]).unwrap();
+        g.copy_into(&dz.slice(..), &mut cat, 0).unwrap();
+        g.copy_into(&dx.slice(..), &mut cat, n).unwrap();
+        let mut want = z.clone();
+        want.extend_from_slice(&x);
+        prop_assert_eq!(g.download(&cat).unwrap(), want);
+        prop_assert!(g.copy_into(&dx.slice(..), &mut cat, n + 1).is_err());
+
+        let xt = vals(seed ^ 4, h * w * cn, -4.0, 4.0);
+        let want = nn::window_partition(&xt, 1, h, w, cn, ws).unwrap();
+        let mut win = g.upload(&vec![f32::NAN; want.len()]).unwrap();
+        let dxt = g.upload(&xt).unwrap();
+        g.window_partition_f32(&dxt, &mut win, 1, h, w, cn, ws).unwrap();
+        prop_assert_eq!(g.download(&win).unwrap(), want);
+        let mut back = g.upload(&vec![f32::NAN; xt.len()]).unwrap();
+        g.window_reverse_f32(&win, &mut back, 1, h, w, cn, ws).unwrap();
+        prop_assert_eq!(g.download(&back).unwrap(), xt);
+
+        let (heads, dim, tok) = (cn, 16usize, rows);
+        let st = Strides::bnhd(heads, tok, dim);
+        let off = cols;
+        let src = vals(seed ^ 5, off + tok * heads * dim, -3.0, 3.0);
+        let want = nn::gather_heads_f16(&src, off, st, 1, heads, tok, dim).unwrap();
+        let mut gh = g.upload(&vec![0xffffu16; want.len()]).unwrap();
+        let dsrc = g.upload(&src).unwrap();
+        g.gather_heads_f16(&dsrc, &mut gh, off, st, 1, heads, tok, dim).unwrap();
+        prop_assert_eq!(g.download(&gh).unwrap(), want.clone());
+        prop_assert!(g.gather_heads_f16(&dsrc, &mut gh, off + 1, st, 1, heads, tok, dim).is_err());
+        let mut gf = g.upload(&vec![f32::NAN; want.len()]).unwrap();
+        g.f16_to_f32(&gh, &mut gf).unwrap();
+        prop_assert_eq!(g.download(&gf).unwrap(), from_f16_bits(&want));
+    }
+
+    /// The decoder's transposed convolution and the students' box prior.
+    #[test]
+    fn upscaling_kernels_match_reference(
+        cin in 1usize..70, cout in 1usize..70, h in 1usize..40, w in 1usize..40,
+        masks in 1usize..5, side in 1usize..300, has_box in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let g = gpu_or_skip!();
+        let x = vals(seed, cin * h * w, -2.0, 2.0);
+        let wt = vals(seed ^ 1, cin * cout * 4, -1.0, 1.0);
+        let bias = vals(seed ^ 2, cout, -1.0, 1.0);
+        let mut y = g.upload(&vec![f32::NAN; cout * 4 * h * w]).unwrap();
+        g.conv_transpose2x2_f32(&g.upload(&x).unwrap(), &g.upload(&wt).unwrap(), &g.upload(&bias).unwrap(), &mut y, cin, cout, h, w).unwrap();
+        close(&g.download(&y).unwrap(), &nn::conv_transpose2x2(&x, &wt, &bias, 1, cin, cout, h, w).unwrap(), tol::F32, 1.0)?;
+
+        let size = 4.0 * side as f32;
+        let grid: Vec<f32> = (0..side).map(|j| (j as f32 + 0.5) * 4.0).collect();
+        let corners = vals(seed ^ 3, 4, 0.0, size);
+        let (coords, labels) = if has_box {
+            (vec![corners[0].min(corners[2]), corners[1].min(corners[3]), corners[0].max(corners[2]), corners[1].max(corners[3])], vec![2.0, 3.0])
+        } else {
+            (corners[..2].to_vec(), vec![1.0])
+        };
+        let bx = nn::BoxPriorParams::from_points(&coords, &labels, 4.0).unwrap();
+        let logits = vals(seed ^ 4, masks * side * side, -8.0, 8.0);
+        let dgrid = g.upload(&grid).unwrap();
+        let mut yp = g.upload(&vec![f32::NAN; logits.len()]).unwrap();
+        g.box_prior_add_f32(&g.upload(&logits).unwrap(), &dgrid, &dgrid, &mut yp, bx, masks, side).unwrap();
+        close(&g.download(&yp).unwrap(), &nn::box_prior_add(&logits, &grid, &grid, bx, masks, side).unwrap(), tol::F32, 1.0)?;
     }
 }

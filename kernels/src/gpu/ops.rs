@@ -12,6 +12,9 @@
 //! gets [`GpuError::Signature`] instead of a launch with a wrong argument list.
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
@@ -20,7 +23,7 @@ use cudarc::driver::{
 use super::{to_i32, Gpu, GpuError};
 use crate::launch_shapes::{self as shapes, Shape, TooLarge};
 use crate::prepost::longest_side_size;
-use crate::reference::nn::{Act, AttnShape, ConvShape, NnError, Strides};
+use crate::reference::nn::{Act, AttnShape, BoxPriorParams, ConvShape, NnError, Strides};
 use crate::reference::{plan_resize, plan_upsample, OverlayStyle, PixelFormat};
 use crate::sources::{kernel_params, source, ParamKind};
 
@@ -134,7 +137,7 @@ impl<'a> KArgs<'a> {
     /// Launches after checking the pushed arguments against the kernel's C
     /// parameter list (`sources::kernel_params`).
     fn launch(&mut self, c: LaunchConfig) -> Result<(), GpuError> {
-        let expected = source(self.source).and_then(|s| kernel_params(s, self.kernel));
+        let expected = declared_params(self.source, self.kernel);
         if expected.as_deref() != Some(&self.kinds[..]) {
             return Err(GpuError::Signature {
                 kernel: self.kernel,
@@ -151,6 +154,21 @@ impl<'a> KArgs<'a> {
             .map(|_| ())
             .map_err(GpuError::driver("cuLaunchKernel"))
     }
+}
+
+/// The parameter kinds of `kernel`'s C declaration in `source`, parsed once
+/// per kernel (parsing the source on every launch cost more than many of the
+/// launches themselves).
+fn declared_params(source_name: &'static str, kernel: &'static str) -> Option<Vec<ParamKind>> {
+    type Table = HashMap<(&'static str, &'static str), Option<Vec<ParamKind>>>;
+    static PARAMS: OnceLock<Mutex<Table>> = OnceLock::new();
+    let table = PARAMS.get_or_init(Default::default);
+    let mut t = table
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.entry((source_name, kernel))
+        .or_insert_with(|| source(source_name).and_then(|s| kernel_params(s, kernel)))
+        .clone()
 }
 
 fn launch(args: &mut KArgs<'_>, c: LaunchConfig) -> Result<(), GpuError> {
@@ -571,13 +589,19 @@ impl Gpu {
         os: Strides,
     ) -> Result<(), GpuError> {
         let kernel = match s.dim {
+            8 => "attention_f16_d8",
+            12 => "attention_f16_d12",
             16 => "attention_f16_d16",
+            24 => "attention_f16_d24",
             32 => "attention_f16_d32",
+            48 => "attention_f16_d48",
             64 => "attention_f16_d64",
             d => {
-                return Err(
-                    NnError::BadShape(format!("attention head dim {d} (16, 32 or 64)")).into(),
-                )
+                return Err(NnError::BadShape(format!(
+                    "attention head dim {d} (the kernel is built for {:?})",
+                    crate::reference::nn::ATTENTION_HEAD_DIMS
+                ))
+                .into())
             }
         };
         if s.nk == 0 || s.nq == 0 || s.batch == 0 || s.heads == 0 {
@@ -631,30 +655,7 @@ impl Gpu {
         c: usize,
         ws: usize,
     ) -> Result<(), GpuError> {
-        if ws == 0 {
-            return Err(NnError::BadShape("window size 0".into()).into());
-        }
-        need("window_partition x", x.len(), &[b, h, w, c])?;
-        need(
-            "window_partition out",
-            out.len(),
-            &[b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c],
-        )?;
-        let f = self.kernel("attention.cu", "window_partition_f16")?;
-        let d = [
-            to_i32("b", b)?,
-            to_i32("h", h)?,
-            to_i32("w", w)?,
-            to_i32("c", c)?,
-            to_i32("ws", ws)?,
-        ];
-        let total = out.len();
-        let mut a = KArgs::new(self, &f);
-        a.arg(x).arg(&mut *out);
-        for v in &d {
-            a.arg(v);
-        }
-        launch(&mut a, cfg(shapes::elementwise(total)?))
+        self.windows("window_partition_f16", x, out, [b, h, w, c, ws], true)
     }
 
     /// Inverse of [`Gpu::window_partition_f16`]. Spec: `reference::nn::window_reverse`.
@@ -669,16 +670,61 @@ impl Gpu {
         c: usize,
         ws: usize,
     ) -> Result<(), GpuError> {
+        self.windows("window_reverse_f16", win, x, [b, h, w, c, ws], false)
+    }
+
+    /// [`Gpu::window_partition_f16`] for f32 tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn window_partition_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        ws: usize,
+    ) -> Result<(), GpuError> {
+        self.windows("window_partition_f32", x, out, [b, h, w, c, ws], true)
+    }
+
+    /// [`Gpu::window_reverse_f16`] for f32 tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub fn window_reverse_f32(
+        &self,
+        win: &CudaSlice<f32>,
+        x: &mut CudaSlice<f32>,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        ws: usize,
+    ) -> Result<(), GpuError> {
+        self.windows("window_reverse_f32", win, x, [b, h, w, c, ws], false)
+    }
+
+    /// Window partition (`partition`) or reverse of `b × h × w × c` tokens.
+    fn windows<T: DeviceRepr>(
+        &self,
+        kernel: &'static str,
+        src: &CudaSlice<T>,
+        dst: &mut CudaSlice<T>,
+        [b, h, w, c, ws]: [usize; 5],
+        partition: bool,
+    ) -> Result<(), GpuError> {
         if ws == 0 {
             return Err(NnError::BadShape("window size 0".into()).into());
         }
-        need(
-            "window_reverse input",
-            win.len(),
-            &[b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c],
-        )?;
-        need("window_reverse x", x.len(), &[b, h, w, c])?;
-        let f = self.kernel("attention.cu", "window_reverse_f16")?;
+        let tokens = [b, h, w, c];
+        let windows = [b, h.div_ceil(ws), w.div_ceil(ws), ws, ws, c];
+        let (src_dims, dst_dims): (&[usize], &[usize]) = if partition {
+            (&tokens, &windows)
+        } else {
+            (&windows, &tokens)
+        };
+        need("window op input", src.len(), src_dims)?;
+        need("window op output", dst.len(), dst_dims)?;
+        let f = self.kernel("attention.cu", kernel)?;
         let d = [
             to_i32("b", b)?,
             to_i32("h", h)?,
@@ -686,13 +732,227 @@ impl Gpu {
             to_i32("c", c)?,
             to_i32("ws", ws)?,
         ];
-        let n = x.len();
+        let n = dst.len();
         let mut a = KArgs::new(self, &f);
-        a.arg(win).arg(&mut *x);
+        a.arg(src).arg(&mut *dst);
         for v in &d {
             a.arg(v);
         }
         launch(&mut a, cfg(shapes::elementwise(n)?))
+    }
+
+    /// `y = act(a + b)`. Spec: `reference::nn::add_act`.
+    pub fn add_act_f32(
+        &self,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        act: Act,
+    ) -> Result<(), GpuError> {
+        need("add b", b.len(), &[a.len()])?;
+        need("add y", y.len(), &[a.len()])?;
+        let f = self.kernel("tensor.cu", "add_act_f32")?;
+        let n = a.len() as i64;
+        let code = act.code();
+        let mut k = KArgs::new(self, &f);
+        k.arg(a).arg(b).arg(&mut *y).arg(&n).arg(&code);
+        launch(&mut k, cfg(shapes::elementwise(a.len())?))
+    }
+
+    /// `y[i] = x[i] + c[i mod len(c)]`. Spec: `reference::nn::add_broadcast`.
+    pub fn add_broadcast_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        c: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        if c.is_empty() || !x.len().is_multiple_of(c.len()) {
+            return Err(NnError::BadShape(format!(
+                "add of a {}-value constant to {} values",
+                c.len(),
+                x.len()
+            ))
+            .into());
+        }
+        need("add_broadcast y", y.len(), &[x.len()])?;
+        let f = self.kernel("tensor.cu", "add_broadcast_f32")?;
+        let (n, cn) = (x.len() as i64, to_i32("constant length", c.len())?);
+        let mut k = KArgs::new(self, &f);
+        k.arg(x).arg(c).arg(&mut *y).arg(&n).arg(&cn);
+        launch(&mut k, cfg(shapes::elementwise(x.len())?))
+    }
+
+    /// `y` (`cols × rows`) = `x` (`rows × cols`) transposed. Spec:
+    /// `reference::nn::transpose`.
+    pub fn transpose_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), GpuError> {
+        need("transpose x", x.len(), &[rows, cols])?;
+        need("transpose y", y.len(), &[cols, rows])?;
+        let f = self.kernel("tensor.cu", "transpose_f32")?;
+        let (r, c) = (to_i32("rows", rows)?, to_i32("cols", cols)?);
+        let mut k = KArgs::new(self, &f);
+        k.arg(x).arg(&mut *y).arg(&r).arg(&c);
+        launch(&mut k, cfg(shapes::transpose(rows, cols)?))
+    }
+
+    /// Gathers an attention operand from f32 `x` into dense f16
+    /// `batch × heads × n × dim`: element `(b, h, t, d)` is
+    /// `x[offset + b·strides.batch + h·strides.head + t·strides.token + d]`.
+    /// Spec: `reference::nn::gather_heads_f16`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_heads_f16(
+        &self,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<u16>,
+        offset: usize,
+        strides: Strides,
+        batch: usize,
+        heads: usize,
+        n: usize,
+        dim: usize,
+    ) -> Result<(), GpuError> {
+        need("gather y", y.len(), &[batch, heads, n, dim])?;
+        if !y.is_empty() {
+            // the last element read must lie inside x
+            let last = [
+                (batch - 1, strides.batch),
+                (heads - 1, strides.head),
+                (n - 1, strides.token),
+                (dim - 1, 1),
+            ]
+            .iter()
+            .try_fold(offset, |acc, &(i, s)| i.checked_mul(s)?.checked_add(acc))
+            .ok_or_else(|| NnError::BadShape("gather strides overflow".into()))?;
+            if last >= x.len() {
+                return Err(NnError::BadLength {
+                    what: "gather x",
+                    got: x.len(),
+                    expected: last + 1,
+                }
+                .into());
+            }
+        }
+        let f = self.kernel("tensor.cu", "gather_heads_f16")?;
+        let l = |v: usize| v as i64;
+        let (o, sb, sh, st) = (
+            l(offset),
+            l(strides.batch),
+            l(strides.head),
+            l(strides.token),
+        );
+        let d = [
+            to_i32("batch", batch)?,
+            to_i32("heads", heads)?,
+            to_i32("n", n)?,
+            to_i32("dim", dim)?,
+        ];
+        let total = y.len();
+        let mut k = KArgs::new(self, &f);
+        k.arg(x).arg(&mut *y).arg(&o).arg(&sb).arg(&sh).arg(&st);
+        for v in &d {
+            k.arg(v);
+        }
+        launch(&mut k, cfg(shapes::elementwise(total)?))
+    }
+
+    /// `y = f32(x)` for f16 `x`. Spec: `reference::from_f16_bits`.
+    pub fn f16_to_f32(&self, x: &CudaSlice<u16>, y: &mut CudaSlice<f32>) -> Result<(), GpuError> {
+        need("f16_to_f32 y", y.len(), &[x.len()])?;
+        let f = self.kernel("tensor.cu", "f16_to_f32")?;
+        let n = x.len() as i64;
+        let mut k = KArgs::new(self, &f);
+        k.arg(x).arg(&mut *y).arg(&n);
+        launch(&mut k, cfg(shapes::elementwise(x.len())?))
+    }
+
+    /// 2×2 stride-2 transposed convolution of one `cin × h × w` image
+    /// (weight `cin × cout × 2 × 2`). Spec: `reference::nn::conv_transpose2x2`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_transpose2x2_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        cin: usize,
+        cout: usize,
+        h: usize,
+        wd: usize,
+    ) -> Result<(), GpuError> {
+        need("conv_transpose x", x.len(), &[cin, h, wd])?;
+        need("conv_transpose weight", w.len(), &[cin, cout, 2, 2])?;
+        need("conv_transpose bias", bias.len(), &[cout])?;
+        need("conv_transpose y", y.len(), &[cout, 2 * h, 2 * wd])?;
+        let f = self.kernel("tensor.cu", "conv_transpose2x2_f32")?;
+        let d = [
+            to_i32("cin", cin)?,
+            to_i32("cout", cout)?,
+            to_i32("h", h)?,
+            to_i32("w", wd)?,
+        ];
+        let total = y.len();
+        let mut k = KArgs::new(self, &f);
+        k.arg(x).arg(w).arg(bias).arg(&mut *y);
+        for v in &d {
+            k.arg(v);
+        }
+        launch(&mut k, cfg(shapes::elementwise(total)?))
+    }
+
+    /// Adds the box prior of `bx` to each of `masks` `side × side` logit maps.
+    /// Spec: `reference::nn::box_prior_add`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn box_prior_add_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        xs: &CudaSlice<f32>,
+        ys: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        bx: BoxPriorParams,
+        masks: usize,
+        side: usize,
+    ) -> Result<(), GpuError> {
+        need("box prior x", x.len(), &[masks, side, side])?;
+        need("box prior y", y.len(), &[masks, side, side])?;
+        need("box prior xs", xs.len(), &[side])?;
+        need("box prior ys", ys.len(), &[side])?;
+        let f = self.kernel("tensor.cu", "box_prior_add_f32")?;
+        let (m, sd) = (to_i32("masks", masks)?, to_i32("side", side)?);
+        let total = y.len();
+        let mut k = KArgs::new(self, &f);
+        k.arg(x).arg(xs).arg(ys).arg(&mut *y);
+        for v in [&bx.cx, &bx.cy, &bx.rx, &bx.ry, &bx.height, &bx.has_box] {
+            k.arg(v);
+        }
+        k.arg(&m).arg(&sd);
+        launch(&mut k, cfg(shapes::elementwise(total)?))
+    }
+
+    /// Copies `src` into `dst` starting at element `offset` (device to
+    /// device; the plan's slice and concat).
+    pub fn copy_into(
+        &self,
+        src: &CudaView<'_, f32>,
+        dst: &mut CudaSlice<f32>,
+        offset: usize,
+    ) -> Result<(), GpuError> {
+        let end = offset
+            .checked_add(src.len())
+            .filter(|&e| e <= dst.len())
+            .ok_or(NnError::BadLength {
+                what: "copy destination",
+                got: dst.len(),
+                expected: offset.saturating_add(src.len()),
+            })?;
+        let mut d = dst.slice_mut(offset..end);
+        self.stream()
+            .memcpy_dtod(src, &mut d)
+            .map_err(GpuError::driver("cuMemcpyDtoD"))
     }
 
     /// Convolution with folded BatchNorm and activation: 1×1 (stride 1, no

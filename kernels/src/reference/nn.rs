@@ -204,6 +204,9 @@ impl Strides {
     }
 }
 
+/// Head dimensions the GPU attention kernel is built for (`attention_f16_d*`).
+pub const ATTENTION_HEAD_DIMS: [usize; 7] = [8, 12, 16, 24, 32, 48, 64];
+
 /// Shape of an attention call: `batch × heads` independent problems of `nq`
 /// queries against `nk` keys, head dimension `dim`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +219,7 @@ pub struct AttnShape {
     pub nq: usize,
     /// Keys (and values) per head.
     pub nk: usize,
-    /// Head dimension (16, 32 or 64 on the GPU).
+    /// Head dimension (on the GPU one of [`ATTENTION_HEAD_DIMS`]).
     pub dim: usize,
 }
 
@@ -784,4 +787,149 @@ mod tests {
         assert_eq!(c[0], (128 * 128 * 64) as f32);
         assert!(gemm_i8_dequant(&a[..3], &w[..3], &[1.0], None, 1, 1, 3).is_err());
     }
+}
+
+// ------------------------------------------------ data movement (tensor.cu)
+
+/// `y = act(a + b)` (the sum in f32, the activation in f64, as the plan's host
+/// op computed it).
+pub fn add_act(a: &[f32], b: &[f32], act: Act) -> Result<Vec<f32>, NnError> {
+    check("add b", b.len(), &[a.len()])?;
+    Ok(a.iter()
+        .zip(b)
+        .map(|(&p, &q)| act.apply(f64::from(p + q)) as f32)
+        .collect())
+}
+
+/// `y[i] = x[i] + c[i mod len(c)]`.
+pub fn add_broadcast(x: &[f32], c: &[f32]) -> Result<Vec<f32>, NnError> {
+    if c.is_empty() || !x.len().is_multiple_of(c.len()) {
+        return Err(NnError::BadShape(format!(
+            "add of a {}-value constant to {} values",
+            c.len(),
+            x.len()
+        )));
+    }
+    Ok(x.iter()
+        .zip(c.iter().cycle())
+        .map(|(&p, &q)| p + q)
+        .collect())
+}
+
+/// `y` (`cols × rows`) = `x` (`rows × cols`) transposed.
+pub fn transpose<T: Copy + Default>(x: &[T], rows: usize, cols: usize) -> Result<Vec<T>, NnError> {
+    check("transpose x", x.len(), &[rows, cols])?;
+    let mut y = vec![T::default(); x.len()];
+    for (r, row) in x.chunks_exact(cols.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            y[c * rows + r] = v;
+        }
+    }
+    Ok(y)
+}
+
+/// Dense `batch × heads × n × dim` f16 (bit patterns) gathered from f32 `x`:
+/// element `(b, h, t, d)` is `x[offset + b·batch + h·head + t·token + d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_heads_f16(
+    x: &[f32],
+    offset: usize,
+    strides: Strides,
+    batch: usize,
+    heads: usize,
+    n: usize,
+    dim: usize,
+) -> Result<Vec<u16>, NnError> {
+    let mut out = Vec::with_capacity(batch * heads * n * dim);
+    for b in 0..batch {
+        for h in 0..heads {
+            for t in 0..n {
+                let at = offset + strides.at(b, h, t);
+                let row = x.get(at..at + dim).ok_or(NnError::BadLength {
+                    what: "gather x",
+                    got: x.len(),
+                    expected: at + dim,
+                })?;
+                out.extend(row.iter().map(|&v| half::f16::from_f32(v).to_bits()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The box of the distilled students' box prior, from the prompt points.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoxPriorParams {
+    /// Centre x, model-input pixels.
+    pub cx: f32,
+    /// Centre y.
+    pub cy: f32,
+    /// Half-width, at least 1.
+    pub rx: f32,
+    /// Half-height, at least 1.
+    pub ry: f32,
+    /// The prior's height in logits.
+    pub height: f32,
+    /// 1 when the prompt has both box corners, else 0 (no prior).
+    pub has_box: f32,
+}
+
+impl BoxPriorParams {
+    /// The box from `n` points (`coords` `n × 2`, SAM `labels`): the mean
+    /// top-left (label 2) and bottom-right (label 3) corner, computed as the
+    /// exported graph does (`Σ sel·p / max(Σ sel², 1)` with
+    /// `sel = relu(1 − |label − l|)`).
+    pub fn from_points(coords: &[f32], labels: &[f32], height: f32) -> Result<Self, NnError> {
+        check("box prior coords", coords.len(), &[labels.len(), 2])?;
+        let corner = |lab: f32| {
+            let (mut sx, mut sy, mut count) = (0f32, 0f32, 0f32);
+            for (p, &l) in coords.chunks_exact(2).zip(labels) {
+                let sel = (1.0 - (l - lab).abs()).max(0.0);
+                sx += sel * p[0];
+                sy += sel * p[1];
+                count += sel * sel;
+            }
+            let denom = count.max(1.0);
+            ([sx / denom, sy / denom], count.min(1.0))
+        };
+        let (tl, has_tl) = corner(2.0);
+        let (br, has_br) = corner(3.0);
+        Ok(Self {
+            cx: (tl[0] + br[0]) * 0.5,
+            cy: (tl[1] + br[1]) * 0.5,
+            rx: ((br[0] - tl[0]) * 0.5).max(1.0),
+            ry: ((br[1] - tl[1]) * 0.5).max(1.0),
+            height,
+            has_box: has_tl * has_br,
+        })
+    }
+}
+
+/// `x` (`masks × side × side` logits) plus the box prior of `p` on the grid of
+/// cell centres `xs` (columns) and `ys` (rows):
+/// `height · clip(1 − (u² + v²), −1, 1) · has_box`, `u = (xs − cx)/rx`,
+/// `v = (ys − cy)/ry`, in that f32 operation order.
+pub fn box_prior_add(
+    x: &[f32],
+    xs: &[f32],
+    ys: &[f32],
+    p: BoxPriorParams,
+    masks: usize,
+    side: usize,
+) -> Result<Vec<f32>, NnError> {
+    check("box prior x", x.len(), &[masks, side, side])?;
+    check("box prior xs", xs.len(), &[side])?;
+    check("box prior ys", ys.len(), &[side])?;
+    let mut prior = Vec::with_capacity(side * side);
+    for &yv in ys {
+        let v = (yv - p.cy) / p.ry;
+        for &xv in xs {
+            let u = (xv - p.cx) / p.rx;
+            let q = (1.0 - (u * u + v * v)).clamp(-1.0, 1.0);
+            prior.push(q * p.height * p.has_box);
+        }
+    }
+    Ok(x.chunks_exact((side * side).max(1))
+        .flat_map(|m| m.iter().zip(&prior).map(|(a, b)| a + b))
+        .collect())
 }
