@@ -342,9 +342,9 @@ fn main() -> Result<()> {
         Command::BenchStream(a) => edgeseg_runtime::stream::cli::bench_stream(a),
         Command::Info => {
             println!("edgeseg {}", env!("CARGO_PKG_VERSION"));
-            if cfg!(feature = "cuda") {
+            if cfg!(feature = "_gpu") {
                 println!(
-                    "backends: tract-cpu (multithreaded); CUDA kernel plan (feature cuda, unverified on hardware)"
+                    "backends: tract-cpu (multithreaded); CUDA kernel plan (feature cuda / cuda-13000)"
                 );
                 match backend::gpu_probe(&BackendOptions::default()) {
                     Ok(()) => println!("GPU: CUDA driver and NVRTC found"),

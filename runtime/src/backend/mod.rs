@@ -12,7 +12,7 @@ use crate::prompt::Prompt;
 
 pub mod cpu;
 pub mod device;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "_gpu")]
 pub mod gpu;
 pub mod kplan;
 pub mod tract_ops;
@@ -195,7 +195,7 @@ pub struct Opened {
 
 /// Tries the CUDA backend for the bundle at `path` (checking the CUDA
 /// libraries and the device before the bundle).
-#[cfg(feature = "cuda")]
+#[cfg(feature = "_gpu")]
 fn try_gpu(
     path: &std::path::Path,
     options: &BackendOptions,
@@ -204,7 +204,7 @@ fn try_gpu(
 }
 
 /// Without the `cuda` feature there is no GPU backend.
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(feature = "_gpu"))]
 fn try_gpu(
     _path: &std::path::Path,
     _options: &BackendOptions,
@@ -280,11 +280,11 @@ pub fn open_bundle(
 /// Whether a GPU is usable here at all (libraries and device; no bundle, no
 /// kernel compilation). Never panics.
 pub fn gpu_probe(options: &BackendOptions) -> Result<(), GpuUnavailable> {
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "_gpu")]
     {
         gpu::probe(options.gpu_ordinal)
     }
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(feature = "_gpu"))]
     {
         let _ = options;
         Err(GpuUnavailable::NotBuilt)

@@ -1049,7 +1049,7 @@ fn decoder_program(
     let hyper = b.push(Op::Concat { xs: hyper, y });
     let ut = b.transpose(u.buf, u.c, low * low);
     let masks = b.buf(nm * low * low);
-    b.push(Op::MatMulBt {
+    let mut masks = b.push(Op::MatMulBt {
         a: hyper,
         b: ut,
         c: masks,
@@ -1057,6 +1057,27 @@ fn decoder_program(
         n: low * low,
         k: u.c,
     });
+    // the distilled students' box prior (an ellipse in the prompt box)
+    let prior = "mask_decoder.box_prior";
+    if b.idx.has(&format!("{prior}.height")) {
+        b.label = prior.into();
+        let xs = b.weight(&format!("{prior}.x"), &[1, 1, 1, low], Layout::AsIs)?;
+        let ys = b.weight(&format!("{prior}.y"), &[1, 1, low, 1], Layout::AsIs)?;
+        let height = b.idx.scalar(&format!("{prior}.height"))?;
+        let y = b.buf(nm * low * low);
+        masks = b.push(Op::BoxPrior {
+            x: masks,
+            coords,
+            labels,
+            y,
+            xs,
+            ys,
+            height,
+            n,
+            masks: nm,
+            side: low,
+        });
+    }
     b.label = "mask_decoder.iou_prediction_head".into();
     let y = b.buf(d);
     let iou_tok = b.push(Op::Slice {
@@ -1141,17 +1162,6 @@ pub fn build(bundle: &Bundle, input_size: usize) -> Result<ModelPlan, PlanError>
         )));
     }
     let mut decoder_index = load(DECODER_GRAPH)?;
-    // the students' box prior (constants under `mask_decoder.box_prior.`) has no
-    // kernel steps yet: refuse rather than return masks without it
-    if decoder_index
-        .floats
-        .keys()
-        .any(|k| k.starts_with("mask_decoder.box_prior."))
-    {
-        return Err(unsupported(
-            "the decoder adds a box prior, which the kernel plan does not implement yet",
-        ));
-    }
     let dd = DecoderDims { d, e, input_size };
     // the box-prompt program touches every decoder weight
     let (_, masks, low_res) = decoder_program(&decoder_index, &mut table, dd, 2)?;

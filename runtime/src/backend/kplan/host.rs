@@ -79,52 +79,10 @@ pub fn run_op_host(op: &Op, bufs: &[Vec<f32>], w: &Weights) -> Result<Vec<f32>, 
             eps,
             ..
         } => nn::layer_norm2d(buf(bufs, *x), 1, *c, *hw, wt(*gamma), wt(*beta), *eps)?,
-        Op::Add { a, b, act, .. } => {
-            let (a, b) = (buf(bufs, *a), buf(bufs, *b));
-            if a.len() != b.len() {
-                return Err(shape_err(format!(
-                    "add of {} and {} values",
-                    a.len(),
-                    b.len()
-                )));
-            }
-            a.iter()
-                .zip(b)
-                .map(|(&p, &q)| act.apply(f64::from(p + q)) as f32)
-                .collect()
-        }
-        Op::AddWeight { x, w: aw, .. } => {
-            let (x, c) = (buf(bufs, *x), wt(*aw));
-            if c.is_empty() || !x.len().is_multiple_of(c.len()) {
-                return Err(shape_err(format!(
-                    "add of a {}-value constant to {} values",
-                    c.len(),
-                    x.len()
-                )));
-            }
-            x.iter()
-                .zip(c.iter().cycle())
-                .map(|(&p, &q)| p + q)
-                .collect()
-        }
+        Op::Add { a, b, act, .. } => nn::add_act(buf(bufs, *a), buf(bufs, *b), *act)?,
+        Op::AddWeight { x, w: aw, .. } => nn::add_broadcast(buf(bufs, *x), wt(*aw))?,
         Op::Gelu { x, .. } => nn::gelu(buf(bufs, *x)),
-        Op::Transpose { x, rows, cols, .. } => {
-            let x = buf(bufs, *x);
-            if x.len() != rows * cols {
-                return Err(NnError::BadLength {
-                    what: "transpose x",
-                    got: x.len(),
-                    expected: rows * cols,
-                });
-            }
-            let mut y = vec![0f32; x.len()];
-            for r in 0..*rows {
-                for c in 0..*cols {
-                    y[c * rows + r] = x[r * cols + c];
-                }
-            }
-            y
-        }
+        Op::Transpose { x, rows, cols, .. } => nn::transpose(buf(bufs, *x), *rows, *cols)?,
         Op::WindowPartition { x, h, w, c, ws, .. } => {
             nn::window_partition(buf(bufs, *x), 1, *h, *w, *c, *ws)?
         }
@@ -205,6 +163,24 @@ pub fn run_op_host(op: &Op, bufs: &[Vec<f32>], w: &Weights) -> Result<Vec<f32>, 
             *input_size,
             *n,
             *d,
+        )?,
+        Op::BoxPrior {
+            x,
+            coords,
+            labels,
+            xs,
+            ys,
+            height,
+            masks,
+            side,
+            ..
+        } => nn::box_prior_add(
+            buf(bufs, *x),
+            wt(*xs),
+            wt(*ys),
+            nn::BoxPriorParams::from_points(buf(bufs, *coords), buf(bufs, *labels), *height)?,
+            *masks,
+            *side,
         )?,
     })
 }

@@ -13,8 +13,8 @@
 //!   kernels' CPU references (`edgeseg_kernels::reference`): it is slow (f64
 //!   accumulation, naive loops) and exists to prove that the plan computes the
 //!   model (tests compare it with the tract backend). The CUDA executor
-//!   (`backend::gpu`, feature `cuda`) runs the same programs on the kernels;
-//!   it is compile-checked only and has never run on a GPU.
+//!   (`backend::gpu`, features `cuda` / `cuda-13000`) runs the same programs
+//!   on the kernels; it matched tract on edge-s on an H100 (`docs/perf/cuda.md`).
 //! * [`PlanSegmenter`] drives the two programs as a [`super::PromptableSegmenter`].
 //!
 //! Numerics follow the GPU kernels: everything is f32 except attention, whose
@@ -349,6 +349,34 @@ pub enum Op {
         /// Embedding width.
         d: usize,
     },
+    /// The distilled students' box prior, added to every mask's logits:
+    /// `y[m] = x[m] + height · clip(1 − u² − v², −1, 1) · has_box`, where the
+    /// box is the mean top-left (label 2) and bottom-right (label 3) corner
+    /// of the prompt points, `u = (xs − cx)/rx`, `v = (ys − cy)/ry` with the
+    /// radii at least 1, and `has_box` is 0 without both corners. In f32, in
+    /// the exported graph's operation order. Runs on the host (`L²` values).
+    BoxPrior {
+        /// Mask logits `masks × L × L`.
+        x: BufId,
+        /// Point coordinates `n × 2` in model-input pixels.
+        coords: BufId,
+        /// Labels `n`.
+        labels: BufId,
+        /// Output, like `x`.
+        y: BufId,
+        /// `L` cell centres along x, in model-input pixels.
+        xs: WeightId,
+        /// `L` cell centres along y.
+        ys: WeightId,
+        /// The prior's height in logits.
+        height: f32,
+        /// Points.
+        n: usize,
+        /// Masks.
+        masks: usize,
+        /// Side `L` of the logit maps.
+        side: usize,
+    },
 }
 
 impl Op {
@@ -370,6 +398,9 @@ impl Op {
             Op::Attention { q, k, v, .. } => vec![*q, *k, *v],
             Op::Concat { xs, .. } => xs.clone(),
             Op::PromptTokens { coords, labels, .. } => vec![*coords, *labels],
+            Op::BoxPrior {
+                x, coords, labels, ..
+            } => vec![*x, *coords, *labels],
         }
     }
 
@@ -388,7 +419,8 @@ impl Op {
             | Op::Slice { y, .. }
             | Op::Add { y, .. }
             | Op::Concat { y, .. }
-            | Op::PromptTokens { y, .. } => *y,
+            | Op::PromptTokens { y, .. }
+            | Op::BoxPrior { y, .. } => *y,
             Op::Gemm { c, .. } | Op::MatMulBt { c, .. } => *c,
             Op::Attention { o, .. } => *o,
         }
@@ -413,6 +445,7 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
             Op::PromptTokens { .. } => "prompt_tokens",
+            Op::BoxPrior { .. } => "box_prior",
         }
     }
 }

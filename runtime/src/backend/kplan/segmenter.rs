@@ -88,6 +88,11 @@ impl<E: Executor> PlanSegmenter<E> {
         &self.plan
     }
 
+    /// The executor (e.g. to turn on a profile).
+    pub fn executor_mut(&mut self) -> &mut E {
+        &mut self.exec
+    }
+
     fn decoder_for(&mut self, n: usize) -> Result<&Program, PlanError> {
         if !self.decoders.contains_key(&n) {
             let p = self.plan.decoder(n)?;
