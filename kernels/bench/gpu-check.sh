@@ -4,9 +4,10 @@
 # values) and times each kernel against its memory-bandwidth or FLOP floor
 # (kernels/examples/gpu_bench.rs).
 #
-# NEEDS A MACHINE WITH AN NVIDIA GPU, its driver (libcuda) and NVRTC. It has NOT been run yet:
-# the machines this was written on have no GPU, so no GPU number exists for these kernels.
-# Without a GPU the parity tests skip (printing why) and the bench exits with an error.
+# NEEDS A MACHINE WITH AN NVIDIA GPU, its driver (libcuda), NVRTC and cargo. Without a GPU the
+# parity tests skip (printing why) and the bench exits with an error. On a GPU machine without
+# cargo, build here with kernels/bench/gpu-prebuild.sh and run kernels/bench/gpu-run.sh there
+# (that is how the H100 figures in docs/perf/cuda.md were made).
 #
 # NVRTC: the system's (JetPack: /usr/local/cuda/lib64) if the dynamic linker finds it,
 # otherwise the PyPI wheel that kernels/check/compile-check.sh installs into target/cuda-venv.
