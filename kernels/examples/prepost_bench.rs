@@ -3,11 +3,16 @@
 //! frame sizes: medians over 30 runs after 3 warm-up runs. These run on the AI worker for
 //! every frame it segments, so at 1080p they are a visible part of its latency.
 //!
+//! For a YUYV frame (what UVC grabbers deliver) it also times the AI's two ways to
+//! its model input: converting the whole frame to RGB then pre-processing it, and
+//! pre-processing row by row while converting (`preprocess_rows`, same output).
+//!
 //! `cargo run --release -p edgeseg-kernels --example prepost_bench`
 
 use std::time::Instant;
 
-use edgeseg_kernels::prepost::{postprocess_mask, preprocess_rgb, INPUT_SIZE};
+use edgeseg_kernels::pixfmt::{self, RawFormat, RawRows};
+use edgeseg_kernels::prepost::{postprocess_mask, preprocess_rgb, preprocess_rows, INPUT_SIZE};
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
@@ -44,5 +49,32 @@ fn main() {
         let mask = postprocess_mask(&logits, &prep).expect("valid logits");
         let area: usize = mask.iter().map(|&m| usize::from(m)).sum();
         println!("{w}x{h}: preprocess {pre:.3} ms, postprocess {post:.3} ms (mask area {area})");
+        let yuyv: Vec<u8> = (0..w * h * 2).map(|i| (i * 13 % 241) as u8).collect();
+        let mut buf = vec![0u8; w * h * 3];
+        let mut whole = || {
+            pixfmt::to_rgb(RawFormat::Yuyv, w, h, &yuyv, &mut buf).expect("valid frame");
+            preprocess_rgb(&buf, h, w).expect("valid frame")
+        };
+        let streamed = || {
+            let mut rows = RawRows::new(RawFormat::Yuyv, w, h, &yuyv).expect("valid frame");
+            preprocess_rows(&mut rows).expect("valid frame")
+        };
+        assert_eq!(whole().input, streamed().input, "the two paths must agree");
+        // interleaved, so that both see the same machine state
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            a.push(median_ms(|| {
+                std::hint::black_box(whole());
+            }));
+            b.push(median_ms(|| {
+                std::hint::black_box(streamed());
+            }));
+        }
+        a.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        println!(
+            "  yuyv -> model input: convert whole + preprocess {:.3} ms, row-streamed {:.3} ms (median of 5 medians)",
+            a[2], b[2]
+        );
     }
 }

@@ -332,36 +332,129 @@ pub fn to_rgb(
         }
         RawFormat::Yuyv => yuyv_to_rgb(src, dst),
         RawFormat::Nv12 | RawFormat::I420 => {
-            let pixels = width * height;
-            let (luma, uv) = src.split_at(pixels);
-            let cw = width / 2;
-            let (u_plane, v_plane) = uv.split_at(pixels / 4);
-            for (row, (out_row, y_row)) in dst
-                .chunks_exact_mut(width * 3)
-                .zip(luma.chunks_exact(width))
-                .enumerate()
-            {
-                let crow = row / 2;
-                for (col, (o, y2)) in out_row
-                    .chunks_exact_mut(6)
-                    .zip(y_row.chunks_exact(2))
-                    .enumerate()
-                {
-                    let c = if format == RawFormat::Nv12 {
-                        let k = 2 * (crow * cw + col);
-                        chroma(uv[k], uv[k + 1])
-                    } else {
-                        let k = crow * cw + col;
-                        chroma(u_plane[k], v_plane[k])
-                    };
-                    let (a, b) = (px(y2[0], c), px(y2[1], c));
-                    (o[0], o[1], o[2]) = (a[0], a[1], a[2]);
-                    (o[3], o[4], o[5]) = (b[0], b[1], b[2]);
-                }
+            for (row, out_row) in dst.chunks_exact_mut(width * 3).enumerate() {
+                yuv420_row(format, width, height, src, row, out_row);
             }
         }
     }
     Ok(())
+}
+
+/// Row `row` of an NV12 or I420 frame (buffer already checked) to RGB8.
+fn yuv420_row(
+    format: RawFormat,
+    width: usize,
+    height: usize,
+    src: &[u8],
+    row: usize,
+    out_row: &mut [u8],
+) {
+    let pixels = width * height;
+    let (luma, uv) = src.split_at(pixels);
+    let cw = width / 2;
+    let (u_plane, v_plane) = uv.split_at(pixels / 4);
+    let y_row = &luma[row * width..(row + 1) * width];
+    let crow = row / 2;
+    for (col, (o, y2)) in out_row
+        .chunks_exact_mut(6)
+        .zip(y_row.chunks_exact(2))
+        .enumerate()
+    {
+        let c = if format == RawFormat::Nv12 {
+            let k = 2 * (crow * cw + col);
+            chroma(uv[k], uv[k + 1])
+        } else {
+            let k = crow * cw + col;
+            chroma(u_plane[k], v_plane[k])
+        };
+        let (a, b) = (px(y2[0], c), px(y2[1], c));
+        (o[0], o[1], o[2]) = (a[0], a[1], a[2]);
+        (o[3], o[4], o[5]) = (b[0], b[1], b[2]);
+    }
+}
+
+/// The rows of a raw frame converted to RGB8 one at a time, the same pixels
+/// as the rows of [`to_rgb`]'s output: the AI's pre-processing reads a frame
+/// through this ([`crate::prepost::preprocess_rows`]) instead of converting
+/// it whole.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRows<'a> {
+    format: RawFormat,
+    width: usize,
+    height: usize,
+    src: &'a [u8],
+}
+
+impl<'a> RawRows<'a> {
+    /// Checks the frame as [`to_rgb`] does.
+    pub fn new(
+        format: RawFormat,
+        width: usize,
+        height: usize,
+        src: &'a [u8],
+    ) -> Result<Self, PixFmtError> {
+        let expected = frame_len(format, width, height)?;
+        if src.len() != expected {
+            return Err(PixFmtError::BadLength {
+                format: format.name(),
+                which: "input",
+                width,
+                height,
+                expected,
+                got: src.len(),
+            });
+        }
+        rgb_len(width, height)?;
+        Ok(Self {
+            format,
+            width,
+            height,
+            src,
+        })
+    }
+
+    /// Converts row `y` into `out` (`width × 3` bytes).
+    pub fn convert_row(&self, y: usize, out: &mut [u8]) -> Result<(), PixFmtError> {
+        let w = self.width;
+        if y >= self.height || out.len() != w * 3 {
+            return Err(PixFmtError::BadLength {
+                format: self.format.name(),
+                which: "output row",
+                width: w,
+                height: self.height,
+                expected: w * 3,
+                got: if y >= self.height { 0 } else { out.len() },
+            });
+        }
+        match self.format {
+            RawFormat::Rgb24 => out.copy_from_slice(&self.src[y * w * 3..(y + 1) * w * 3]),
+            RawFormat::Grey => {
+                for (o, &g) in out.chunks_exact_mut(3).zip(&self.src[y * w..(y + 1) * w]) {
+                    o.copy_from_slice(&[g, g, g]);
+                }
+            }
+            RawFormat::Yuyv => yuyv_to_rgb(&self.src[y * w * 2..(y + 1) * w * 2], out),
+            RawFormat::Nv12 | RawFormat::I420 => {
+                yuv420_row(self.format, w, self.height, self.src, y, out)
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::prepost::RgbRows for RawRows<'_> {
+    fn height(&self) -> usize {
+        self.height
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn row(&mut self, y: usize, out: &mut [u8]) -> Result<(), crate::prepost::PrepError> {
+        self.convert_row(y, out)
+            .map_err(|e| crate::prepost::PrepError::BadSize(e.to_string()))
+    }
 }
 
 /// The YUYV path of [`to_rgb`] (buffers already checked): blocks of
@@ -522,6 +615,66 @@ mod tests {
                 proptest::prop_assert_eq!(&out[6 * p + 3..6 * p + 6], &b[..]);
             }
         }
+    }
+
+    fn noise_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Row-streamed pre-processing of a raw frame equals converting the whole
+        /// frame and pre-processing that, bit for bit: fractional shrinks (the
+        /// general area path), integer shrinks (the fast path), and sides up to
+        /// 256 (materialized), in every format.
+        #[test]
+        fn row_streamed_preprocessing_equals_whole_frame(
+            format in 0usize..5, size_kind in 0usize..3, a in 1usize..200, b in 1usize..200,
+            wide in proptest::bool::ANY, seed in 0u64..u64::MAX,
+        ) {
+            let format = [RawFormat::Rgb24, RawFormat::Grey, RawFormat::Yuyv, RawFormat::Nv12, RawFormat::I420][format];
+            let (long, short) = match size_kind {
+                0 => (256 + 2 * a, 2 + 2 * (b % 128)),   // fractional shrink
+                1 => (512, 2 * (1 + b % 128)),             // 2x integer on the long side
+                _ => (2 * (1 + a % 128), 2 * (1 + b % 128)), // no shrink
+            };
+            let (w, h) = if wide { (long, short) } else { (short, long) };
+            let src = noise_bytes(frame_len(format, w, h).unwrap(), seed);
+            let mut rgb = vec![0u8; rgb_len(w, h).unwrap()];
+            to_rgb(format, w, h, &src, &mut rgb).unwrap();
+            let whole = crate::prepost::preprocess_rgb(&rgb, h, w).unwrap();
+            let mut rows = RawRows::new(format, w, h, &src).unwrap();
+            let streamed = crate::prepost::preprocess_rows(&mut rows).unwrap();
+            proptest::prop_assert_eq!(&streamed.resized, &whole.resized);
+            proptest::prop_assert_eq!(&streamed.input, &whole.input);
+            proptest::prop_assert_eq!((streamed.new_h, streamed.new_w), (whole.new_h, whole.new_w));
+            let mut row = vec![0u8; 3 * w];
+            for y in [0, h / 2, h - 1] {
+                rows.convert_row(y, &mut row).unwrap();
+                proptest::prop_assert_eq!(&row[..], &rgb[y * 3 * w..(y + 1) * 3 * w]);
+            }
+        }
+    }
+
+    #[test]
+    fn raw_rows_refuse_bad_buffers_and_rows() {
+        assert!(RawRows::new(RawFormat::Yuyv, 4, 2, &[0; 15]).is_err());
+        assert!(RawRows::new(RawFormat::Nv12, 3, 2, &[0; 9]).is_err());
+        assert!(RawRows::new(RawFormat::Rgb24, 0, 2, &[]).is_err());
+        let src = [0u8; 16];
+        let rows = RawRows::new(RawFormat::Yuyv, 4, 2, &src).unwrap();
+        assert!(rows.convert_row(2, &mut [0; 12]).is_err());
+        assert!(rows.convert_row(0, &mut [0; 11]).is_err());
+        assert!(rows.convert_row(1, &mut [0; 12]).is_ok());
     }
 
     #[test]

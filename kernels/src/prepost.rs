@@ -118,6 +118,70 @@ fn saturate_u8(v: f32) -> u8 {
     v.round_ties_even().clamp(0.0, 255.0) as u8
 }
 
+/// The rows of an RGB8 image (`height × width × 3`), produced on demand: a
+/// frame in another pixel format converted one row at a time
+/// ([`crate::pixfmt::RawRows`]), so that [`preprocess_rows`] never writes the
+/// whole RGB image.
+pub trait RgbRows {
+    /// Rows.
+    fn height(&self) -> usize;
+    /// Columns.
+    fn width(&self) -> usize;
+    /// Writes row `y` (`width × 3` bytes) to `out`.
+    fn row(&mut self, y: usize, out: &mut [u8]) -> Result<(), PrepError>;
+}
+
+/// Source rows of a resize: a slice, or an [`RgbRows`] with the last row
+/// converted cached (the area tables visit a source row at most twice in a
+/// row).
+enum Rows<'a> {
+    Slice(&'a [u8], usize),
+    Source {
+        src: &'a mut dyn RgbRows,
+        buf: Vec<u8>,
+        cached: Option<usize>,
+    },
+}
+
+impl Rows<'_> {
+    fn get(&mut self, y: usize) -> Result<&[u8], PrepError> {
+        match self {
+            Rows::Slice(data, len) => {
+                data.get(y * *len..(y + 1) * *len)
+                    .ok_or(PrepError::BadLength {
+                        what: "resize source row",
+                        got: data.len(),
+                        expected: (y + 1) * *len,
+                    })
+            }
+            Rows::Source { src, buf, cached } => {
+                if *cached != Some(y) {
+                    *cached = None;
+                    src.row(y, buf)?;
+                    *cached = Some(y);
+                }
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// Every row of `rows`, as one `height × width × 3` image.
+pub fn materialize(rows: &mut dyn RgbRows) -> Result<Vec<u8>, PrepError> {
+    let (h, w) = (rows.height(), rows.width());
+    let row_len = w
+        .checked_mul(3)
+        .ok_or_else(|| PrepError::BadSize(format!("image {h}x{w}")))?;
+    let len = row_len
+        .checked_mul(h)
+        .ok_or_else(|| PrepError::BadSize(format!("image {h}x{w}")))?;
+    let mut img = vec![0u8; len];
+    for (y, out) in img.chunks_exact_mut(row_len.max(1)).enumerate() {
+        rows.row(y, out)?;
+    }
+    Ok(img)
+}
+
 /// Step 3: OpenCV `cv2.resize(src, (dst_w, dst_h), interpolation=INTER_AREA)` for
 /// a shrink (or identity) of a `u8` image `src_h`×`src_w`×`c` (HWC, row-major),
 /// bit-exact with OpenCV 4.x:
@@ -160,21 +224,32 @@ pub fn resize_area_u8(
     let is_x = scale_x.round();
     let is_y = scale_y.round();
     if (scale_x - is_x).abs() < f64::EPSILON && (scale_y - is_y).abs() < f64::EPSILON {
-        return Ok(resize_area_fast(
-            src,
+        return resize_area_fast(
+            &mut Rows::Slice(src, src_w * c),
             src_w,
             c,
             dst_h,
             dst_w,
             is_y as usize,
             is_x as usize,
-        ));
+        );
     }
     let xtab = area_tab(src_w, dst_w, scale_x);
     let ytab = area_tab(src_h, dst_h, scale_y);
-    Ok(resize_area_general(
-        src, src_w, c, dst_h, dst_w, &xtab, &ytab,
-    ))
+    let Some(spans) = area_spans(&xtab, dst_w) else {
+        return Ok(resize_area_general_per_entry(
+            src, src_w, c, dst_h, dst_w, &xtab, &ytab,
+        ));
+    };
+    resize_area_general(
+        &mut Rows::Slice(src, src_w * c),
+        c,
+        dst_w,
+        dst_h,
+        &xtab,
+        &spans,
+        &ytab,
+    )
 }
 
 /// One destination column of the general area path: its source samples
@@ -217,29 +292,25 @@ fn area_spans(tab: &[AreaTab], dsize: usize) -> Option<Vec<AreaSpan>> {
 /// bit-identical to [`resize_area_general_per_entry`] (tested), only without
 /// a bounds-checked read-modify-write per table entry.
 fn resize_area_general(
-    src: &[u8],
-    src_w: usize,
+    rows: &mut Rows<'_>,
     c: usize,
-    dst_h: usize,
     dst_w: usize,
+    dst_h: usize,
     xtab: &[AreaTab],
+    spans: &[AreaSpan],
     ytab: &[AreaTab],
-) -> Vec<u8> {
-    let Some(spans) = area_spans(xtab, dst_w) else {
-        return resize_area_general_per_entry(src, src_w, c, dst_h, dst_w, xtab, ytab);
-    };
+) -> Result<Vec<u8>, PrepError> {
     let alphas: Vec<f32> = xtab.iter().map(|t| t.alpha).collect();
     let row_len = dst_w * c;
     let mut out = vec![0u8; dst_h * row_len];
     let mut buf = vec![0f32; row_len];
     let mut sum = vec![0f32; row_len];
     let mut prev_dy = ytab.first().map_or(0, |t| t.di);
-    let src_row_len = src_w * c;
     for yt in ytab {
         let beta = yt.alpha;
-        let srow = &src[yt.si * src_row_len..(yt.si + 1) * src_row_len];
+        let srow = rows.get(yt.si)?;
         if c == 3 {
-            for (b, span) in buf.chunks_exact_mut(3).zip(&spans) {
+            for (b, span) in buf.chunks_exact_mut(3).zip(spans) {
                 let n = span.weights.len();
                 let px = &srow[span.first * 3..(span.first + n) * 3];
                 let mut acc = [0f32; 3];
@@ -251,7 +322,7 @@ fn resize_area_general(
                 b.copy_from_slice(&acc);
             }
         } else {
-            for (b, span) in buf.chunks_exact_mut(c).zip(&spans) {
+            for (b, span) in buf.chunks_exact_mut(c).zip(spans) {
                 let n = span.weights.len();
                 let px = &srow[span.first * c..(span.first + n) * c];
                 b.fill(0.0);
@@ -279,7 +350,7 @@ fn resize_area_general(
     for (o, s) in orow.iter_mut().zip(&sum) {
         *o = saturate_u8(*s);
     }
-    out
+    Ok(out)
 }
 
 /// The general path one table entry at a time, as OpenCV writes it: the
@@ -378,14 +449,14 @@ pub(crate) fn resize_plan(src_h: usize, src_w: usize, dst_h: usize, dst_w: usize
 /// OpenCV `resizeAreaFast` (integer scales `sy`×`sx`; the source is exactly
 /// `dst * scale` on both axes).
 fn resize_area_fast(
-    src: &[u8],
+    rows: &mut Rows<'_>,
     src_w: usize,
     c: usize,
     dst_h: usize,
     dst_w: usize,
     sy: usize,
     sx: usize,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, PrepError> {
     let row_len = dst_w * c;
     let mut out = vec![0u8; dst_h * row_len];
     let area = sy * sx;
@@ -396,8 +467,12 @@ fn resize_area_fast(
     for (dy, orow) in out.chunks_exact_mut(row_len).enumerate() {
         sums.fill(0);
         for yy in 0..sy {
-            let start = (dy * sy + yy) * src_w * c;
-            let srow = &src[start..start + dst_w * sx * c];
+            let row = rows.get(dy * sy + yy)?;
+            let srow = row.get(..dst_w * sx * c).ok_or(PrepError::BadLength {
+                what: "resize source row",
+                got: row.len(),
+                expected: src_w * c,
+            })?;
             for (s, block) in sums.chunks_exact_mut(c).zip(srow.chunks_exact(sx * c)) {
                 for px in block.chunks_exact(c) {
                     for (sk, &p) in s.iter_mut().zip(px) {
@@ -414,7 +489,7 @@ fn resize_area_fast(
             };
         }
     }
-    out
+    Ok(out)
 }
 
 /// [`resize_area_fast`] one output sample at a time, as OpenCV's formula reads:
@@ -593,6 +668,69 @@ pub fn preprocess_rgb(rgb: &[u8], h: usize, w: usize) -> Result<Preprocessed, Pr
         )));
     }
     let resized = resize_area_u8(rgb, h, w, 3, new_h, new_w)?;
+    let norm = normalize_min_max(&resized);
+    let input = pad_hwc_to_chw(&norm, new_h, new_w, 3, INPUT_SIZE)?;
+    Ok(Preprocessed {
+        input,
+        resized,
+        orig_h: h,
+        orig_w: w,
+        new_h,
+        new_w,
+    })
+}
+
+/// [`preprocess_rgb`] of the image whose rows `rows` produces, without
+/// materializing it: the area resize converts each source row when it first
+/// needs it (a 1080p YUYV frame is read once, 4 MB, instead of being written
+/// and re-read as 6 MB of RGB). The output is identical to
+/// `preprocess_rgb` of the whole image (tested). Images that are enlarged or
+/// kept at their size (sides up to 256) are materialized first.
+pub fn preprocess_rows(rows: &mut dyn RgbRows) -> Result<Preprocessed, PrepError> {
+    let (h, w) = (rows.height(), rows.width());
+    if h == 0 || w == 0 {
+        return Err(PrepError::BadSize(format!("image {h}x{w}")));
+    }
+    let (new_h, new_w) = longest_side_size(h, w, INPUT_SIZE);
+    if new_h == 0 || new_w == 0 {
+        return Err(PrepError::BadSize(format!(
+            "image {h}x{w} resizes to {new_h}x{new_w}"
+        )));
+    }
+    let plan = resize_plan(h, w, new_h, new_w);
+    let spans = match &plan {
+        ResizePlan::General { xtab, .. } => area_spans(xtab, new_w),
+        _ => None,
+    };
+    let streamable = match &plan {
+        ResizePlan::Fast { sy, sx } => (*sy, *sx) != (1, 1),
+        ResizePlan::General { .. } => spans.is_some(),
+        ResizePlan::Enlarge { .. } => false,
+    };
+    if !streamable {
+        return preprocess_rgb(&materialize(rows)?, h, w);
+    }
+    let row_len = w
+        .checked_mul(3)
+        .ok_or_else(|| PrepError::BadSize(format!("image {h}x{w}")))?;
+    let mut source = Rows::Source {
+        src: rows,
+        buf: vec![0u8; row_len],
+        cached: None,
+    };
+    let resized = match (&plan, &spans) {
+        (ResizePlan::Fast { sy, sx }, _) => {
+            resize_area_fast(&mut source, w, 3, new_h, new_w, *sy, *sx)?
+        }
+        (ResizePlan::General { ytab, xtab }, Some(spans)) => {
+            resize_area_general(&mut source, 3, new_w, new_h, xtab, spans, ytab)?
+        }
+        _ => {
+            return Err(PrepError::BadSize(format!(
+                "no row-streamed resize for {h}x{w} -> {new_h}x{new_w}"
+            )))
+        }
+    };
     let norm = normalize_min_max(&resized);
     let input = pad_hwc_to_chw(&norm, new_h, new_w, 3, INPUT_SIZE)?;
     Ok(Preprocessed {
@@ -929,8 +1067,12 @@ mod tests {
             let sy = 1.0 / (dst_h as f64 / src_h as f64);
             let xtab = area_tab(src_w, dst_w, sx);
             let ytab = area_tab(src_h, dst_h, sy);
-            proptest::prop_assert!(area_spans(&xtab, dst_w).is_some());
-            let fast = resize_area_general(&src, src_w, c, dst_h, dst_w, &xtab, &ytab);
+            let spans = area_spans(&xtab, dst_w);
+            proptest::prop_assert!(spans.is_some());
+            let spans = spans.unwrap();
+            let fast = resize_area_general(
+                &mut Rows::Slice(&src, src_w * c), c, dst_w, dst_h, &xtab, &spans, &ytab,
+            ).unwrap();
             let slow = resize_area_general_per_entry(&src, src_w, c, dst_h, dst_w, &xtab, &ytab);
             proptest::prop_assert_eq!(fast, slow);
         }
@@ -945,7 +1087,7 @@ mod tests {
             let src_w = dst_w * sx + extra_w;
             let src = noise(dst_h * sy * src_w * c, seed);
             proptest::prop_assert_eq!(
-                resize_area_fast(&src, src_w, c, dst_h, dst_w, sy, sx),
+                resize_area_fast(&mut Rows::Slice(&src, src_w * c), src_w, c, dst_h, dst_w, sy, sx).unwrap(),
                 resize_area_fast_per_sample(&src, src_w, c, dst_h, dst_w, sy, sx)
             );
         }
