@@ -273,6 +273,19 @@ impl TractSegmenter {
         Ok(v.1)
     }
 
+    /// Runs the encoder on a pre-processed frame and makes it the current one.
+    fn encode(&mut self, prep: prepost::Preprocessed) -> Result<(), BackendError> {
+        let (embedding, embedding_f32) = self.run_encoder(&prep.input)?;
+        self.frame = Some(FrameState {
+            width: prep.orig_w,
+            height: prep.orig_h,
+            prep,
+            embedding,
+            embedding_f32,
+        });
+        Ok(())
+    }
+
     fn run_encoder(&mut self, input: &[f32]) -> Result<(TValue, Vec<f32>), BackendError> {
         let s = self.input_size;
         let t = Tensor::from_shape(&[1, 3, s, s], input).map_err(inference)?;
@@ -446,15 +459,14 @@ impl PromptableSegmenter for TractSegmenter {
         self.frame = None;
         let prep = prepost::preprocess_rgb(frame.data, frame.height, frame.width)
             .map_err(|e| BackendError::InvalidFrame(e.to_string()))?;
-        let (embedding, embedding_f32) = self.run_encoder(&prep.input)?;
-        self.frame = Some(FrameState {
-            prep,
-            embedding,
-            embedding_f32,
-            width: frame.width,
-            height: frame.height,
-        });
-        Ok(())
+        self.encode(prep)
+    }
+
+    fn set_frame_rows(&mut self, rows: &mut dyn prepost::RgbRows) -> Result<(), BackendError> {
+        self.frame = None;
+        let prep = prepost::preprocess_rows(rows)
+            .map_err(|e| BackendError::InvalidFrame(e.to_string()))?;
+        self.encode(prep)
     }
 
     fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError> {

@@ -120,6 +120,20 @@ pub trait PromptableSegmenter: Send {
     fn name(&self) -> &str;
     /// Encodes `frame`; later prompts refer to it until the next call.
     fn set_frame(&mut self, frame: RgbFrame<'_>) -> Result<(), BackendError>;
+    /// [`Self::set_frame`] of the image whose rows `rows` produces (a raw
+    /// frame converted row by row). Backends that pre-process on the host
+    /// override it to resize while converting
+    /// (`edgeseg_kernels::prepost::preprocess_rows`), without writing the
+    /// whole RGB image; the default converts the whole image first.
+    fn set_frame_rows(
+        &mut self,
+        rows: &mut dyn edgeseg_kernels::prepost::RgbRows,
+    ) -> Result<(), BackendError> {
+        let (w, h) = (rows.width(), rows.height());
+        let img = edgeseg_kernels::prepost::materialize(rows)
+            .map_err(|e| BackendError::InvalidFrame(e.to_string()))?;
+        self.set_frame(RgbFrame::new(w, h, &img)?)
+    }
     /// Segments `prompt` on the current frame; the mask has the frame's size.
     fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError>;
     /// The current frame's image embedding, for heads that work on features

@@ -160,6 +160,20 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame's rows, converted to RGB one at a time when read (the same
+    /// pixels as [`Frame::to_rgb`]), checked as `to_rgb` checks them; `None`
+    /// for MJPEG, which decodes whole.
+    pub fn rgb_rows(&self) -> Result<Option<pixfmt::RawRows<'_>>, FrameError> {
+        let raw = &self.raw;
+        let PixelFormat::Raw(format) = raw.format else {
+            return Ok(None);
+        };
+        check_side(raw.id, raw.width, raw.height)?;
+        pixfmt::RawRows::new(format, raw.width, raw.height, &raw.data)
+            .map(Some)
+            .map_err(|source| FrameError::Pixels { id: raw.id, source })
+    }
+
     /// Converts the frame to RGB in `buf`'s allocation (the same one-pass
     /// conversion as ingest, so the same pixels).
     pub fn to_rgb(&self, mut buf: Vec<u8>) -> Result<RgbImage, FrameError> {

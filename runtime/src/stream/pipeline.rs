@@ -430,6 +430,24 @@ fn worker(
             frame: frame.id,
         });
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<TaskResult, String> {
+            let prompted = |backend: &mut dyn PromptableSegmenter, prompt: &crate::Prompt| {
+                let seg = backend.segment(prompt).map_err(|e| e.to_string())?;
+                Ok(TaskResult {
+                    seg,
+                    prompt_box: prompt.boxes,
+                    structure: None,
+                })
+            };
+            // A prompt needs only the model input: resize while converting,
+            // row by row, instead of converting the whole frame first.
+            if let Task::Prompt(prompt) = &task {
+                if let Some(mut rows) = frame.rgb_rows().map_err(|e| e.to_string())? {
+                    backend
+                        .set_frame_rows(&mut rows)
+                        .map_err(|e| e.to_string())?;
+                    return prompted(backend.as_mut(), prompt);
+                }
+            }
             let image = frame
                 .to_rgb(std::mem::take(&mut rgb))
                 .map_err(|e| e.to_string())?;
@@ -437,12 +455,7 @@ fn worker(
             let result = match &task {
                 Task::Prompt(prompt) => {
                     backend.set_frame(f).map_err(|e| e.to_string())?;
-                    let seg = backend.segment(prompt).map_err(|e| e.to_string())?;
-                    Ok(TaskResult {
-                        seg,
-                        prompt_box: prompt.boxes,
-                        structure: None,
-                    })
+                    prompted(backend.as_mut(), prompt)
                 }
                 Task::Prototypes(set, cfg) => {
                     let r = segment_with_prototypes(backend.as_mut(), set, f, cfg)

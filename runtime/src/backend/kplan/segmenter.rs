@@ -103,6 +103,18 @@ impl<E: Executor> PlanSegmenter<E> {
             .ok_or_else(|| PlanError::Input("decoder program vanished".into()))
     }
 
+    /// Encodes a pre-processed frame and makes it the current one.
+    fn set_preprocessed(&mut self, prep: prepost::Preprocessed) -> Result<(), BackendError> {
+        let embedding = self.encode_preprocessed(&prep.input)?;
+        self.frame = Some(FrameState {
+            width: prep.orig_w,
+            height: prep.orig_h,
+            prep,
+            embedding,
+        });
+        Ok(())
+    }
+
     /// Runs the encoder program on a preprocessed `3×S×S` input.
     pub fn encode_preprocessed(&mut self, input: &[f32]) -> Result<Vec<f32>, BackendError> {
         let mut out = self
@@ -164,14 +176,14 @@ impl<E: Executor> PromptableSegmenter for PlanSegmenter<E> {
         self.frame = None;
         let prep = prepost::preprocess_rgb(frame.data, frame.height, frame.width)
             .map_err(|e| BackendError::InvalidFrame(e.to_string()))?;
-        let embedding = self.encode_preprocessed(&prep.input)?;
-        self.frame = Some(FrameState {
-            prep,
-            embedding,
-            width: frame.width,
-            height: frame.height,
-        });
-        Ok(())
+        self.set_preprocessed(prep)
+    }
+
+    fn set_frame_rows(&mut self, rows: &mut dyn prepost::RgbRows) -> Result<(), BackendError> {
+        self.frame = None;
+        let prep = prepost::preprocess_rows(rows)
+            .map_err(|e| BackendError::InvalidFrame(e.to_string()))?;
+        self.set_preprocessed(prep)
     }
 
     fn segment(&mut self, prompt: &Prompt) -> Result<Segmentation, BackendError> {
