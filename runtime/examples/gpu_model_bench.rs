@@ -11,8 +11,10 @@
 //! decoder (`segment` with the ground-truth box: decoder, upsampling,
 //! threshold) on every frame of `fixtures/sample2d`, median and p90 of `--runs`
 //! runs (default 30) after 5 warm-ups, wall clock (the backend synchronises
-//! when it downloads its outputs). Before the timing, one profiled frame per
-//! op kind (each step synchronised, so slower than the timed runs). Exits non-zero when the
+//! when it downloads its outputs). Before the timing, one profiled frame (each
+//! step synchronised, so slower than the timed runs): time per op kind and the
+//! slowest steps. CUDA is profiled and timed before tract is opened in the
+//! process; the agreement check comes last. Exits non-zero when the
 //! CUDA backend cannot open or a mask's IoU with tract's is below 0.99.
 //! The repository root is `$EDGESEG_REPO_ROOT` or the current directory.
 
@@ -133,12 +135,53 @@ fn main() -> Result<()> {
         let mut gpu = backend::gpu::open(path, &opts(Device::Gpu))
             .map_err(|e| anyhow::anyhow!("{}: CUDA backend did not open: {e}", path.display()))?;
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
-        let mut tract = TractSegmenter::open(path, &opts(Device::Cpu))?;
         println!(
             "== {} ({} frames, {runs} runs each; CUDA open {open_ms:.0} ms; {})",
             path.display(),
             frames.len(),
             gpu.name()
+        );
+        // CUDA first, before tract exists in this process
+        let (w, h, rgb, p) = &frames[0];
+        gpu.set_frame(RgbFrame::new(*w, *h, rgb)?)?;
+        gpu.segment(p)?;
+        gpu.executor_mut().set_profiling(true);
+        gpu.set_frame(RgbFrame::new(*w, *h, rgb)?)?;
+        gpu.segment(p)?;
+        println!("  profile of one frame (each step synchronised): kind, steps, ms");
+        for (k, n, ms) in gpu.executor_mut().profile() {
+            println!("    {k:<20} {n:>5} {ms:>9.3}");
+        }
+        println!("  slowest steps: label, kind, ms");
+        for (label, k, ms) in gpu.executor_mut().slowest_steps(8) {
+            println!("    {label:<56} {k:<18} {ms:>9.3}");
+        }
+        gpu.executor_mut().set_profiling(false);
+        println!(
+            "  {:<28} {:>16} {:>16}",
+            "ms (median / p90)", "encoder", "decoder"
+        );
+        let row = |name: String, [e, d]: [(f64, f64); 2]| {
+            println!(
+                "  {name:<28} {:>7.2} / {:>6.2} {:>7.2} / {:>6.2}",
+                e.0, e.1, d.0, d.1
+            );
+        };
+        let t = Instant::now();
+        row(
+            format!("cuda ({})", gpu.name()),
+            time_backend(&mut gpu, &frames, runs)?,
+        );
+        let gpu_s = t.elapsed().as_secs_f64();
+        let mut tract = TractSegmenter::open(path, &opts(Device::Cpu))?;
+        let t = Instant::now();
+        row(
+            format!("tract, {threads} thread(s)"),
+            time_backend(&mut tract, &frames, runs)?,
+        );
+        println!(
+            "  (timing took {gpu_s:.1} s on CUDA, {:.1} s on tract)",
+            t.elapsed().as_secs_f64()
         );
         let mut worst = 1.0f64;
         for ((w, h, rgb, p), n) in frames.iter().zip(&names) {
@@ -161,40 +204,6 @@ fn main() -> Result<()> {
             println!("  FAIL: worst mask IoU {worst:.5} < 0.99");
             failed = true;
         }
-        gpu.executor_mut().set_profiling(true);
-        let (w, h, rgb, p) = &frames[0];
-        gpu.set_frame(RgbFrame::new(*w, *h, rgb)?)?;
-        gpu.segment(p)?;
-        println!("  profile of one frame (each step synchronised): kind, steps, ms");
-        for (k, n, ms) in gpu.executor_mut().profile() {
-            println!("    {k:<20} {n:>5} {ms:>9.3}");
-        }
-        gpu.executor_mut().set_profiling(false);
-        println!(
-            "  {:<28} {:>16} {:>16}",
-            "ms (median / p90)", "encoder", "decoder"
-        );
-        let row = |name: String, [e, d]: [(f64, f64); 2]| {
-            println!(
-                "  {name:<28} {:>7.2} / {:>6.2} {:>7.2} / {:>6.2}",
-                e.0, e.1, d.0, d.1
-            );
-        };
-        let t = Instant::now();
-        row(
-            format!("cuda ({})", gpu.name()),
-            time_backend(&mut gpu, &frames, runs)?,
-        );
-        let gpu_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        row(
-            format!("tract, {threads} thread(s)"),
-            time_backend(&mut tract, &frames, runs)?,
-        );
-        println!(
-            "  (timing took {gpu_s:.1} s on CUDA, {:.1} s on tract)",
-            t.elapsed().as_secs_f64()
-        );
     }
     if failed {
         bail!("CUDA and tract disagree (see FAIL above)");

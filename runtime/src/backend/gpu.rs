@@ -77,8 +77,22 @@ pub struct CudaExecutor {
     weights: Vec<CudaSlice<f32>>,
     host_weights: Arc<Weights>,
     name: String,
-    /// Per op kind: (steps run, seconds), when profiling is on.
-    profile: Option<std::collections::BTreeMap<&'static str, (usize, f64)>>,
+    /// The profile, when profiling is on.
+    profile: Option<StepProfile>,
+}
+
+/// Step times recorded while profiling ([`CudaExecutor::set_profiling`]).
+#[derive(Debug, Default)]
+struct StepProfile {
+    /// Per op kind: steps run, seconds.
+    by_kind: std::collections::BTreeMap<&'static str, (usize, f64)>,
+    /// Every step: label, kind, seconds (at most [`StepProfile::MAX_STEPS`]).
+    steps: Vec<(String, &'static str, f64)>,
+}
+
+impl StepProfile {
+    /// Steps kept individually (a few frames' worth).
+    const MAX_STEPS: usize = 4096;
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -124,10 +138,24 @@ impl CudaExecutor {
         let mut v: Vec<_> = self
             .profile
             .iter()
-            .flatten()
+            .flat_map(|p| &p.by_kind)
             .map(|(&k, &(n, s))| (k, n, s * 1e3))
             .collect();
         v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
+    }
+
+    /// The `n` slowest single steps since profiling was turned on: model
+    /// label, op kind, milliseconds.
+    pub fn slowest_steps(&self, n: usize) -> Vec<(String, &'static str, f64)> {
+        let mut v: Vec<_> = self
+            .profile
+            .iter()
+            .flat_map(|p| &p.steps)
+            .map(|(l, k, s)| (l.clone(), *k, s * 1e3))
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v.truncate(n);
         v
     }
 
@@ -477,9 +505,12 @@ impl Executor for CudaExecutor {
                 self.gpu.synchronize().map_err(device)?;
                 let secs = t0.elapsed().as_secs_f64();
                 if let Some(p) = self.profile.as_mut() {
-                    let e = p.entry(st.op.kind()).or_insert((0, 0.0));
+                    let e = p.by_kind.entry(st.op.kind()).or_insert((0, 0.0));
                     e.0 += 1;
                     e.1 += secs;
+                    if p.steps.len() < StepProfile::MAX_STEPS {
+                        p.steps.push((st.label.clone(), st.op.kind(), secs));
+                    }
                 }
             }
             bufs[out] = Some(y);
