@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use edgeseg_kernels::pixfmt::{self, PixFmtError, RawFormat};
 
+use super::overlay::RowFill;
+
 /// Largest side accepted from any source (8K plus margin): a corrupt header
 /// must not make the runtime allocate gigabytes.
 pub const MAX_SIDE: usize = 16_384;
@@ -239,6 +241,49 @@ pub fn to_rgb(frame: &RawFrame, out: &mut Vec<u8>) -> Result<(usize, usize), Fra
     to_rgb_split(frame, out, 1)
 }
 
+/// [`to_rgb`] with a mask fill blended into each row right after the row is
+/// converted, while it is still in cache: the same bytes as converting the
+/// frame and then blending every run with [`super::overlay::Canvas::blend_run`],
+/// for one pass over the frame instead of two. `Ok(None)` (nothing converted)
+/// for MJPEG, which decodes whole: convert it with [`to_rgb`] and draw the fill
+/// afterwards.
+pub fn to_rgb_filled(
+    frame: &RawFrame,
+    out: &mut Vec<u8>,
+    fill: &RowFill<'_>,
+) -> Result<Option<(usize, usize)>, FrameError> {
+    let id = frame.id;
+    let PixelFormat::Raw(format) = frame.format else {
+        return Ok(None);
+    };
+    check_side(id, frame.width, frame.height)?;
+    let px = |source| FrameError::Pixels { id, source };
+    // Checks the input's length before touching `out`.
+    let rows = pixfmt::RawRows::new(format, frame.width, frame.height, &frame.data).map_err(px)?;
+    let (w, h) = (frame.width, frame.height);
+    out.resize(pixfmt::rgb_len(w, h).map_err(px)?, 0);
+    if !fill.in_row_order() {
+        // Not made by `MaskShape::of`: convert, then blend every run.
+        pixfmt::to_rgb(format, w, h, &frame.data, out).map_err(px)?;
+        if let Some(mut canvas) = super::overlay::Canvas::new(w, h, out, None) {
+            for &(y, x0, x1) in fill.runs {
+                canvas.blend_run(y as usize, x0 as usize, x1 as usize, fill.rgb, fill.alpha);
+            }
+        }
+        return Ok(Some((w, h)));
+    }
+    let mut cursor = 0;
+    // `w > 0` here: `rgb_len` refuses empty frames.
+    for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
+        rows.convert_row(y, row).map_err(px)?;
+        let runs = fill.runs_of_row(y, &mut cursor);
+        if !runs.is_empty() {
+            fill.blend_row(row, w, runs);
+        }
+    }
+    Ok(Some((w, h)))
+}
+
 /// [`to_rgb`] with the rows of packed layouts (YUYV, RGB24, GREY) split over
 /// `threads` threads: the calling thread and `threads − 1` scoped helpers.
 /// Rows convert independently, so the output is identical to [`to_rgb`]'s.
@@ -410,6 +455,99 @@ mod tests {
             data: vec![128; len],
             capture: Instant::now(),
         }
+    }
+
+    /// Noise bytes from a seed (xorshift), so frames have varied pixels.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+        /// Blending the fill into each row as it is converted gives exactly
+        /// the bytes of converting the frame and then blending every run over
+        /// it, for every raw layout, runs in row order or not, runs that leave
+        /// the frame, and any opacity.
+        #[test]
+        fn fill_during_conversion_equals_fill_after(
+            format_index in 0usize..5,
+            half_w in 1usize..40,
+            half_h in 1usize..12,
+            runs in proptest::collection::vec((0u32..30, 0u32..90, 0u32..90), 0..40),
+            sorted in proptest::bool::ANY,
+            rgb in proptest::array::uniform3(0u8..=255),
+            alpha in 0u16..300,
+            seed in 0u64..u64::MAX,
+        ) {
+            let format = [
+                RawFormat::Yuyv,
+                RawFormat::Rgb24,
+                RawFormat::Grey,
+                RawFormat::Nv12,
+                RawFormat::I420,
+            ][format_index];
+            let (w, h) = (2 * half_w, 2 * half_h);
+            let len = pixfmt::frame_len(format, w, h).expect("valid size");
+            let frame = RawFrame {
+                id: 1,
+                width: w,
+                height: h,
+                format: PixelFormat::Raw(format),
+                data: noise(len, seed),
+                capture: Instant::now(),
+            };
+            let mut runs: Vec<(u32, u32, u32)> = runs
+                .into_iter()
+                .map(|(y, a, b)| (y, a.min(b), a.max(b)))
+                .collect();
+            if sorted {
+                runs.sort_by_key(|r| r.0);
+            }
+            let fill = RowFill { runs: &runs, rgb, alpha };
+            let mut want = Vec::new();
+            to_rgb(&frame, &mut want).expect("converts");
+            let mut canvas = super::super::overlay::Canvas::new(w, h, &mut want, None)
+                .expect("sizes agree");
+            for &(y, x0, x1) in &runs {
+                canvas.blend_run(y as usize, x0 as usize, x1 as usize, rgb, alpha);
+            }
+            let mut got = vec![9u8; 5];
+            let size = to_rgb_filled(&frame, &mut got, &fill).expect("converts");
+            proptest::prop_assert_eq!(size, Some((w, h)));
+            proptest::prop_assert!(got == want);
+        }
+    }
+
+    /// A bad frame gives the same kind of error through the fused path, and
+    /// MJPEG is left to the whole-frame decoder.
+    #[test]
+    fn fill_during_conversion_refuses_bad_frames() {
+        let fill = RowFill {
+            runs: &[(0, 0, 3)],
+            rgb: [1, 2, 3],
+            alpha: 90,
+        };
+        let mut out = Vec::new();
+        let short = raw(PixelFormat::Raw(RawFormat::Yuyv), 8, 4, 10);
+        assert!(matches!(
+            to_rgb_filled(&short, &mut out, &fill),
+            Err(FrameError::Pixels { id: 7, .. })
+        ));
+        let odd = raw(PixelFormat::Raw(RawFormat::Nv12), 7, 4, 42);
+        assert!(to_rgb_filled(&odd, &mut out, &fill).is_err());
+        let empty = raw(PixelFormat::Raw(RawFormat::Grey), 0, 4, 0);
+        assert!(to_rgb_filled(&empty, &mut out, &fill).is_err());
+        let jpeg = raw(PixelFormat::Mjpeg, 8, 4, 10);
+        assert!(matches!(to_rgb_filled(&jpeg, &mut out, &fill), Ok(None)));
+        assert!(out.is_empty(), "nothing written for refused frames");
     }
 
     /// Splitting the rows over threads gives exactly the one-thread output,

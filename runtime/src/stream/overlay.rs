@@ -60,6 +60,20 @@ impl<'a> Canvas<'a> {
         }
     }
 
+    /// Flags the pixels of `runs` as written, for a fill that was blended in
+    /// before this canvas wrapped the frame ([`RowFill`]); no pixel changes.
+    pub fn mark_runs(&mut self, runs: &[(u32, u32, u32)]) {
+        let (w, h) = (self.width, self.height);
+        if let Some(t) = self.touched.as_deref_mut() {
+            for &(y, x0, x1) in runs {
+                let (y, x0, x1) = (y as usize, x0 as usize, (x1 as usize).min(w.max(1) - 1));
+                if y < h && x0 < w && x0 <= x1 {
+                    t[y * w + x0..=y * w + x1].fill(true);
+                }
+            }
+        }
+    }
+
     /// Blends `rgb` over the pixels `x0..=x1` of row `y` with opacity
     /// `alpha / 256`; coordinates outside the frame are clipped. Each channel
     /// becomes `(c·(256 − a) + o·a + 128) >> 8`.
@@ -76,6 +90,57 @@ impl<'a> Canvas<'a> {
     }
 }
 
+/// A mask's translucent fill, to be blended into a frame row by row while the
+/// frame is converted (each row is then still in cache), instead of over the
+/// whole converted frame afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct RowFill<'a> {
+    /// Foreground runs `(row, first column, last column)`, as in [`MaskShape`].
+    pub runs: &'a [(u32, u32, u32)],
+    /// Fill colour.
+    pub rgb: [u8; 3],
+    /// Opacity in 1/256.
+    pub alpha: u16,
+}
+
+impl RowFill<'_> {
+    /// Whether the runs are in row order, which [`RowFill::runs_of_row`]
+    /// needs ([`MaskShape::of`] makes them so).
+    pub fn in_row_order(&self) -> bool {
+        self.runs.windows(2).all(|w| w[0].0 <= w[1].0)
+    }
+
+    /// The runs of row `y`, given the index of the first run not before it
+    /// (`cursor`, advanced past them). Runs must be in row order.
+    pub fn runs_of_row(&self, y: usize, cursor: &mut usize) -> &[(u32, u32, u32)] {
+        let mut i = *cursor;
+        while self.runs.get(i).is_some_and(|r| (r.0 as usize) < y) {
+            i += 1;
+        }
+        let start = i;
+        while self.runs.get(i).is_some_and(|r| r.0 as usize == y) {
+            i += 1;
+        }
+        *cursor = i;
+        self.runs.get(start..i).unwrap_or_default()
+    }
+
+    /// Blends `runs` (all of one row) over `row`, packed RGB of `width`
+    /// pixels, exactly as [`Canvas::blend_run`] does (columns past the row
+    /// are clipped).
+    pub fn blend_row(&self, row: &mut [u8], width: usize, runs: &[(u32, u32, u32)]) {
+        for &(_, x0, x1) in runs {
+            let (x0, x1) = (x0 as usize, (x1 as usize).min(width.saturating_sub(1)));
+            if x0 >= width || x1 < x0 {
+                continue;
+            }
+            if let Some(px) = row.get_mut(3 * x0..3 * (x1 + 1)) {
+                blend_bytes(px, self.rgb, self.alpha);
+            }
+        }
+    }
+}
+
 /// Pixels blended per block of [`blend_bytes`] (a whole number of vector
 /// registers of `u16` lanes for the common SIMD widths).
 const BLEND_BLOCK_PIXELS: usize = 32;
@@ -84,8 +149,11 @@ const BLEND_BLOCK_PIXELS: usize = 32;
 /// pixels: `(c·(256 − a) + o·a + 128) >> 8` per channel.
 ///
 /// The sum is at most `255·256 + 128 = 65408`, so it is computed exactly in
-/// `u16`, and the block loop over a fixed colour pattern vectorises without
-/// any target feature beyond the x86-64/aarch64 baseline.
+/// `u16`, and the block loop over a fixed colour pattern vectorises. It is
+/// compiled for several instruction sets and chosen at run time (the x86-64
+/// baseline has only SSE2's 8 lanes of `u16`); every version is the same safe
+/// Rust, so the bytes are identical.
+#[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
 fn blend_bytes(px: &mut [u8], rgb: [u8; 3], alpha: u16) {
     let a = alpha.min(256);
     let keep = 256 - a;
@@ -383,6 +451,23 @@ pub fn draw_annotation(
             style.fill_alpha,
         );
     }
+    draw_annotation_outline(canvas, shape, prompt_box, label, readout, style);
+}
+
+/// [`draw_annotation`] without the translucent fill, for a frame whose fill
+/// was already blended in while it was converted ([`RowFill`]). The result is
+/// the same bytes: the fill is drawn first and everything else over it.
+pub fn draw_annotation_outline(
+    canvas: &mut Canvas<'_>,
+    shape: &MaskShape,
+    prompt_box: Option<BoxPrompt>,
+    label: &str,
+    readout: &str,
+    style: &OverlayStyle,
+) {
+    if (shape.width, shape.height) != (canvas.width, canvas.height) {
+        return;
+    }
     for &(x, y) in &shape.contour {
         canvas.set(x as usize, y as usize, style.mask);
     }
@@ -498,6 +583,47 @@ mod tests {
         }
         s.bbox = (s.area > 0).then_some([x0, y0, x1, y1]);
         s
+    }
+
+    /// The fill blended row by row ([`RowFill`]) and then the outline give the
+    /// bytes of `draw_annotation`, and flag the same pixels.
+    #[test]
+    fn fill_by_rows_then_outline_equals_draw_annotation() {
+        let (w, h) = (64, 48);
+        let seg = disc(w, h);
+        let shape = MaskShape::of(&seg);
+        let style = OverlayStyle::default();
+        let prompt = Some(BoxPrompt {
+            x0: 18.0,
+            y0: 8.0,
+            x1: 42.0,
+            y1: 32.0,
+        });
+        let input: Vec<u8> = (0..w * h * 3).map(|i| (i * 13 % 251) as u8).collect();
+        let mut want = input.clone();
+        let mut want_touched = vec![false; w * h];
+        let mut c = Canvas::new(w, h, &mut want, Some(&mut want_touched)).unwrap();
+        draw_annotation(&mut c, &shape, prompt, "lesion 0.90", "AI 9 ms", &style);
+
+        let mut got = input;
+        let fill = RowFill {
+            runs: &shape.runs,
+            rgb: style.mask,
+            alpha: style.fill_alpha,
+        };
+        assert!(fill.in_row_order());
+        let mut cursor = 0;
+        for (y, row) in got.chunks_exact_mut(w * 3).enumerate() {
+            let runs = fill.runs_of_row(y, &mut cursor);
+            fill.blend_row(row, w, runs);
+        }
+        assert_eq!(cursor, shape.runs.len(), "every run visited once");
+        let mut got_touched = vec![false; w * h];
+        let mut c = Canvas::new(w, h, &mut got, Some(&mut got_touched)).unwrap();
+        c.mark_runs(&shape.runs);
+        draw_annotation_outline(&mut c, &shape, prompt, "lesion 0.90", "AI 9 ms", &style);
+        assert!(got == want);
+        assert_eq!(got_touched, want_touched);
     }
 
     proptest::proptest! {

@@ -42,9 +42,11 @@ use super::fewshot::{
     segment_with_prototypes, stream_provenance, teach_from_box, FewShotSpec, FewShotState,
     StructureState, TeachOutcome,
 };
-use super::frame::{to_rgb_split, BufferPool, Frame, FrameError, PixelFormat, RgbImage};
+use super::frame::{
+    to_rgb_filled, to_rgb_split, BufferPool, Frame, FrameError, PixelFormat, RgbImage,
+};
 use super::mailbox::{Mailbox, Take};
-use super::overlay::{self, Canvas, Indicator, MaskShape, OverlayStyle};
+use super::overlay::{self, Canvas, Indicator, MaskShape, OverlayStyle, RowFill};
 use super::prompting::{PromptSpec, Prompter, TrackEvent, TrackParams};
 use super::record::{FrameRecord, OverlayState};
 use super::sink::Sink;
@@ -792,16 +794,20 @@ enum Item {
 
 /// Reads, converts and hands over every frame: to the AI mailbox first (an
 /// `Arc` clone of the unconverted frame, never blocking), then, with its one
-/// RGB conversion, to `emit` (the compositor, inline on the same thread so
-/// that no thread hand-over sits in the video path). The video path thus
-/// costs one conversion and the overlay; the AI converts its own copy.
+/// RGB conversion, to the compositor, inline on the same thread so that no
+/// thread hand-over sits in the video path, and the composed frame to `send`.
+/// The video path thus costs one conversion and the overlay; the AI converts
+/// its own copy. For raw layouts the compositor decides what to draw before
+/// the conversion, and a mask fill is blended into each row as it is
+/// converted rather than over the whole frame afterwards.
 fn ingest(
     source: &mut dyn Source,
     shared: &Shared,
     pace: Option<f64>,
-    convert_threads: usize,
-    mut emit: impl FnMut(Item) -> bool,
+    comp: &mut Compositor,
+    mut send: impl FnMut(Output) -> bool,
 ) -> u64 {
+    let convert_threads = comp.config.convert_threads;
     let pace = pace.filter(|f| *f > 0.0 && f.is_finite() && !source.is_live());
     let mut n = 0u64;
     loop {
@@ -822,7 +828,20 @@ fn ingest(
                 let mut data = shared
                     .pool
                     .take(raw.width.saturating_mul(raw.height).saturating_mul(3));
-                match to_rgb_split(&raw, &mut data, convert_threads) {
+                // A raw frame's size is known before converting it (a JPEG's
+                // only after decoding).
+                let decision = matches!(raw.format, PixelFormat::Raw(_))
+                    .then(|| comp.decide(raw.id, raw.width, raw.height));
+                let fill = decision.as_ref().and_then(|d| comp.fill_for(d));
+                let (converted, prefilled) =
+                    match fill.as_ref().map(|f| to_rgb_filled(&raw, &mut data, f)) {
+                        Some(Ok(Some(size))) => (Ok(size), true),
+                        Some(Err(e)) => (Err(e), false),
+                        Some(Ok(None)) | None => {
+                            (to_rgb_split(&raw, &mut data, convert_threads), false)
+                        }
+                    };
+                match converted {
                     Ok((width, height)) => {
                         let image = RgbImage {
                             width,
@@ -850,7 +869,8 @@ fn ingest(
                             }
                             shared.mailbox.put(Arc::clone(&frame));
                         }
-                        if !emit(Item::Frame(frame, image)) {
+                        let decided = decision.map(|d| (d, prefilled));
+                        if !send(comp.compose(Item::Frame(frame, image), decided)) {
                             break;
                         }
                         continue;
@@ -871,12 +891,26 @@ fn ingest(
                 ingest,
             },
         };
-        if !emit(item) {
+        if !send(comp.compose(item, None)) {
             break;
         }
     }
     shared.mailbox.close();
     n
+}
+
+/// What the compositor draws on one frame, decided before the frame is
+/// converted ([`Compositor::decide`]).
+struct Decision {
+    /// The frame size it was decided for.
+    size: (usize, usize),
+    /// The newest annotation then.
+    ann: Option<Arc<Annotation>>,
+    /// That annotation if it may be drawn on this frame.
+    usable: Option<Arc<Annotation>>,
+    /// Its age then.
+    age: Option<Duration>,
+    state: OverlayState,
 }
 
 struct Compositor {
@@ -926,12 +960,15 @@ impl Compositor {
 
     /// Draws the overlay or indicator for `state` on `image`, the compositor's
     /// own RGB copy of the frame, in place.
+    /// `prefilled`: the mask fill of `ann` was blended in while the frame was
+    /// converted ([`to_rgb_filled`]); only the rest is drawn here.
     fn draw(
         &self,
         mut image: RgbImage,
         state: OverlayState,
         ann: Option<&Arc<Annotation>>,
         age: Option<Duration>,
+        prefilled: bool,
     ) -> (RgbImage, Option<Vec<bool>>) {
         let (w, h) = (image.width, image.height);
         let mut touched = self.config.record_touched.then(|| vec![false; w * h]);
@@ -965,14 +1002,26 @@ impl Compositor {
                         ms(a.infer),
                         ms(age.unwrap_or_default())
                     );
-                    overlay::draw_annotation(
-                        &mut canvas,
-                        &a.shape,
-                        a.prompt_box,
-                        &label,
-                        &readout,
-                        &self.config.style,
-                    );
+                    if prefilled {
+                        canvas.mark_runs(&a.shape.runs);
+                        overlay::draw_annotation_outline(
+                            &mut canvas,
+                            &a.shape,
+                            a.prompt_box,
+                            &label,
+                            &readout,
+                            &self.config.style,
+                        );
+                    } else {
+                        overlay::draw_annotation(
+                            &mut canvas,
+                            &a.shape,
+                            a.prompt_box,
+                            &label,
+                            &readout,
+                            &self.config.style,
+                        );
+                    }
                 }
                 (OverlayState::Late, _) => overlay::draw_indicator(&mut canvas, Indicator::Late),
                 (OverlayState::Unavailable, _) => {
@@ -985,7 +1034,75 @@ impl Compositor {
         (image, touched)
     }
 
-    fn compose(&mut self, item: Item) -> Output {
+    /// What to draw on frame `id` of `w × h`, decided from the newest
+    /// annotation and the AI's state now. Taken before the frame is converted,
+    /// so that the mask fill can be blended in during the conversion; the
+    /// annotation's age is checked again when the frame is emitted.
+    fn decide(&self, id: u64, w: usize, h: usize) -> Decision {
+        let ann = lock(&self.shared.latest).clone();
+        let mut state = *lock(&self.shared.state);
+        if state == AiState::Running
+            && lock(&self.shared.unavailable_until).is_some_and(|t| Instant::now() < t)
+        {
+            state = AiState::Unavailable;
+        }
+        let has_prompt = match &self.shared.fewshot {
+            Some(fs) => lock(fs).active(id),
+            None => lock(&self.shared.prompter).prompt_for(id, w, h).is_some(),
+        };
+        let now = Instant::now();
+        // Usable: computed on this frame or an earlier one of the same size, by
+        // the current worker, and young enough to still be young when emitted.
+        let usable = ann.clone().filter(|a| {
+            a.source_id <= id
+                && (a.seg.width, a.seg.height) == (w, h)
+                && a.generation == self.shared.generation.load(Ordering::SeqCst)
+        });
+        let age = usable
+            .as_ref()
+            .map(|a| now.saturating_duration_since(a.source_capture));
+        let fresh = age.is_some_and(|age| age + DRAW_MARGIN <= self.config.deadline);
+        let state = match state {
+            AiState::Off => OverlayState::Off,
+            AiState::Unavailable => OverlayState::Unavailable,
+            AiState::Running if !has_prompt => OverlayState::None,
+            AiState::Running if fresh => {
+                let not_found = usable
+                    .as_ref()
+                    .and_then(|a| a.structure.as_ref())
+                    .is_some_and(|s| !s.found);
+                if not_found {
+                    OverlayState::NotFound
+                } else {
+                    OverlayState::Drawn
+                }
+            }
+            AiState::Running => OverlayState::Late,
+        };
+        Decision {
+            size: (w, h),
+            ann,
+            usable,
+            age,
+            state,
+        }
+    }
+
+    /// The mask fill to blend in while converting a frame decided as `d`.
+    fn fill_for<'a>(&'a self, d: &'a Decision) -> Option<RowFill<'a>> {
+        if d.state != OverlayState::Drawn || self.config.convert_threads > 1 {
+            return None;
+        }
+        d.usable.as_ref().map(|a| RowFill {
+            runs: &a.shape.runs,
+            rgb: self.config.style.mask,
+            alpha: self.config.style.fill_alpha,
+        })
+    }
+
+    /// Composes one frame. `decided`: the decision taken before converting it
+    /// (taken here if `None`) and whether its fill was blended in then.
+    fn compose(&mut self, item: Item, decided: Option<(Decision, bool)>) -> Output {
         let (frame, image) = match item {
             Item::Error {
                 error,
@@ -1025,20 +1142,21 @@ impl Compositor {
         }
         self.last_id = Some(frame.id);
 
-        let ann = lock(&self.shared.latest).clone();
-        let mut state = *lock(&self.shared.state);
-        if state == AiState::Running
-            && lock(&self.shared.unavailable_until).is_some_and(|t| Instant::now() < t)
-        {
-            state = AiState::Unavailable;
-        }
-        let has_prompt = match &self.shared.fewshot {
-            Some(fs) => lock(fs).active(frame.id),
-            None => lock(&self.shared.prompter)
-                .prompt_for(frame.id, w, h)
-                .is_some(),
-        };
-        let now = Instant::now();
+        // A decision taken for another size cannot happen (raw frames convert
+        // to their declared size), but is not trusted if it does.
+        let (decision, prefilled) = decided
+            .filter(|(d, _)| d.size == (w, h))
+            .unwrap_or_else(|| (self.decide(frame.id, w, h), false));
+        let Decision {
+            ann,
+            usable,
+            size: _,
+            age,
+            state: mut overlay_state,
+        } = decision;
+        // A fill blended in during conversion belongs to `usable` and to a
+        // frame of this size (`decide` checked both against the raw frame).
+        let prefilled = prefilled && overlay_state == OverlayState::Drawn && usable.is_some();
         let new_annotation = ann
             .as_ref()
             .filter(|a| self.last_seen != Some(a.source_id))
@@ -1046,37 +1164,16 @@ impl Compositor {
         if let Some(a) = &ann {
             self.last_seen = Some(a.source_id);
         }
-        // Usable: computed on this frame or an earlier one of the same size, by
-        // the current worker, and young enough to still be young when emitted.
-        let usable = ann.filter(|a| {
-            a.source_id <= frame.id
-                && (a.seg.width, a.seg.height) == (w, h)
-                && a.generation == self.shared.generation.load(Ordering::SeqCst)
-        });
-        let age = usable
-            .as_ref()
-            .map(|a| now.saturating_duration_since(a.source_capture));
-        let fresh = age.is_some_and(|age| age + DRAW_MARGIN <= self.config.deadline);
-        let mut overlay_state = match state {
-            AiState::Off => OverlayState::Off,
-            AiState::Unavailable => OverlayState::Unavailable,
-            AiState::Running if !has_prompt => OverlayState::None,
-            AiState::Running if fresh => {
-                let not_found = usable
-                    .as_ref()
-                    .and_then(|a| a.structure.as_ref())
-                    .is_some_and(|s| !s.found);
-                if not_found {
-                    OverlayState::NotFound
-                } else {
-                    OverlayState::Drawn
-                }
-            }
-            AiState::Running => OverlayState::Late,
-        };
         // The input as it came in, for tests that check untouched pixels.
-        let input = self.config.record_touched.then(|| Arc::new(image.clone()));
-        let (mut image, mut touched) = self.draw(image, overlay_state, usable.as_ref(), age);
+        // With the fill blended in already, that is a second, clean conversion
+        // (tests only).
+        let input = match (self.config.record_touched, prefilled) {
+            (false, _) => None,
+            (true, false) => Some(Arc::new(image.clone())),
+            (true, true) => frame.to_rgb(Vec::new()).ok().map(Arc::new),
+        };
+        let (mut image, mut touched) =
+            self.draw(image, overlay_state, usable.as_ref(), age, prefilled);
         let mut emit = Instant::now();
         if matches!(overlay_state, OverlayState::Drawn | OverlayState::NotFound)
             && usable.as_ref().is_some_and(|a| {
@@ -1090,7 +1187,7 @@ impl Compositor {
             // emitted with a stale overlay).
             overlay_state = OverlayState::Late;
             match frame.to_rgb(image.data) {
-                Ok(clean) => (image, touched) = self.draw(clean, overlay_state, None, None),
+                Ok(clean) => (image, touched) = self.draw(clean, overlay_state, None, None, false),
                 Err(e) => {
                     let msg = format!("frame {}: reconversion failed: {e}", frame.id);
                     self.shared.event(msg.clone());
@@ -1270,9 +1367,7 @@ pub fn run_stream(
         last_drawn: None,
     };
     let mut source = source;
-    let convert_threads = comp.config.convert_threads;
-    let frames_in = ingest(source.as_mut(), &shared, pace, convert_threads, |item| {
-        let out = comp.compose(item);
+    let frames_in = ingest(source.as_mut(), &shared, pace, &mut comp, |out| {
         out_tx.send(out).is_ok()
     });
     drop(out_tx);
