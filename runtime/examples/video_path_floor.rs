@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use edgeseg_kernels::pixfmt::RawFormat;
-use edgeseg_runtime::stream::frame::to_rgb;
+use edgeseg_runtime::stream::frame::conversion_floor;
 use edgeseg_runtime::stream::{PixelFormat, RawFrame};
 
 fn summary(name: &str, mut ms: Vec<f64>) {
@@ -65,12 +65,12 @@ fn main() {
         data: (0..w * h * 2).map(|i| (i * 13 % 253) as u8).collect(),
         capture: Instant::now(),
     };
-    let mut rgb = Vec::new();
-    let convert = paced(frames, || {
-        to_rgb(&raw, &mut rgb).expect("converts");
-        std::hint::black_box(&rgb);
-    });
-    summary("1080p YUYV conversion alone, every 33.3 ms", convert);
+    // The same probe `edgeseg bench-stream` runs before streaming (`--floor-frames`).
+    let convert = conversion_floor(&raw, 30.0, frames).expect("converts");
+    summary(
+        "1080p YUYV conversion alone, every 33.3 ms",
+        convert.iter().map(|&us| us as f64 / 1e3).collect(),
+    );
 
     let mut buf = vec![1u8; 512 << 10];
     let compute = paced(frames, || {

@@ -167,6 +167,11 @@ pub struct BenchStreamArgs {
     /// Write the per-frame JSON log here.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Before streaming, time this many bare conversions of one frame, paced at
+    /// `--fps`, alone on one thread: the machine's floor for the pass-through
+    /// figures (0: skip).
+    #[arg(long, default_value_t = 900)]
+    floor_frames: usize,
 }
 
 const DEFAULT_MOCK_BENCH: &str = "delay=30,busy";
@@ -593,9 +598,34 @@ pub fn bench_stream(args: BenchStreamArgs) -> Result<()> {
     }
     let mut config = stream_config(&args.timing, Some(args.fps), "ROI");
     config.log_events = false;
+    let floor = if args.floor_frames > 0 {
+        let mut probe = SyntheticSource::new(w, h, format, 1, args.fps)?;
+        let frame = probe
+            .next_frame()
+            .context("the synthetic source gave no frame")??;
+        Some(
+            super::frame::conversion_floor(&frame, args.fps, args.floor_frames)
+                .context("timing the conversion floor")?,
+        )
+    } else {
+        None
+    };
     let t0 = std::time::Instant::now();
     let summary = run_stream(source, chain(&ai)?, prompt, sinks, config)?;
     println!("wall time {:.1} s", t0.elapsed().as_secs_f64());
+    if let Some(f) = &floor {
+        let p = |q| ms(percentile(f, q));
+        println!(
+            "machine floor, the conversion alone ({} periods at {} fps, before the stream) ms: p50 {} p99 {} p99.9 {} max {}; over 5 ms: {}",
+            f.len(),
+            args.fps,
+            p(50.0),
+            p(99.0),
+            p(99.9),
+            ms(f.iter().max().copied()),
+            f.iter().filter(|&&us| us > 5_000).count()
+        );
+    }
     print_summary(&summary);
     for e in summary.events.iter().take(20) {
         println!("event: {e}");

@@ -284,6 +284,41 @@ pub fn to_rgb_filled(
     Ok(Some((w, h)))
 }
 
+/// The machine's floor for the video path: `frame` converted to RGB (into one
+/// recycled buffer, as ingest does) once per `1 / fps` for `periods` periods,
+/// alone on the calling thread; returns each conversion's duration in µs. A
+/// pass-through percentile of `bench-stream` means little without this one,
+/// measured on the same machine in the same session: on a shared or
+/// virtualised CPU the bare conversion can have a long tail by itself.
+pub fn conversion_floor(
+    frame: &RawFrame,
+    fps: f64,
+    periods: usize,
+) -> Result<Vec<u64>, FrameError> {
+    let mut rgb = Vec::new();
+    to_rgb(frame, &mut rgb)?;
+    let period = if fps.is_finite() && fps > 0.0 {
+        std::time::Duration::from_secs_f64(1.0 / fps)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let start = Instant::now();
+    let mut due = start;
+    let mut out = Vec::with_capacity(periods);
+    for _ in 0..periods {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        due += period;
+        let t = Instant::now();
+        to_rgb(frame, &mut rgb)?;
+        std::hint::black_box(&rgb);
+        out.push(t.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+    Ok(out)
+}
+
 /// [`to_rgb`] with the rows of packed layouts (YUYV, RGB24, GREY) split over
 /// `threads` threads: the calling thread and `threads − 1` scoped helpers.
 /// Rows convert independently, so the output is identical to [`to_rgb`]'s.
@@ -524,6 +559,23 @@ mod tests {
             proptest::prop_assert_eq!(size, Some((w, h)));
             proptest::prop_assert!(got == want);
         }
+    }
+
+    /// The floor probe times one conversion per period and refuses a frame
+    /// that does not convert.
+    #[test]
+    fn conversion_floor_times_each_period() {
+        let frame = raw(PixelFormat::Raw(RawFormat::Yuyv), 16, 8, 16 * 8 * 2);
+        let t = Instant::now();
+        let us = conversion_floor(&frame, 200.0, 5).expect("converts");
+        assert_eq!(us.len(), 5);
+        // five periods of 5 ms, the first one not waited for
+        assert!(t.elapsed() >= std::time::Duration::from_millis(20));
+        let bad = raw(PixelFormat::Raw(RawFormat::Yuyv), 16, 8, 3);
+        assert!(conversion_floor(&bad, 30.0, 5).is_err());
+        assert!(conversion_floor(&frame, 0.0, 0)
+            .expect("no periods")
+            .is_empty());
     }
 
     /// A bad frame gives the same kind of error through the fused path, and
