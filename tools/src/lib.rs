@@ -7,6 +7,7 @@
 //! quantization with a calibration guard ([`quantize`]), export and bundling ([`bundling`]).
 #![forbid(unsafe_code)]
 
+pub mod actcalib;
 pub mod bundle_segmenter;
 pub mod bundling;
 pub mod dataset;

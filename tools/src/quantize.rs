@@ -18,6 +18,10 @@
 //!   embedding's relative error ([`ErrorStats`]). A bundle that misses the [`Guard`]
 //!   (mean IoU, optionally logit error) is refused unless forced; the figures go into
 //!   the manifest.
+//! * **Activation ranges.** In the int8 modes the activations that int8 weights multiply
+//!   are calibrated too ([`crate::actcalib`]: min-max, percentile or MSE clipping, chosen
+//!   per tensor by held-out error) and recorded in the manifest for int8-compute
+//!   backends; tract's float plan does not use them.
 //! * **mixed.** Starting from int8, each int8 weight is quantized alone (everything else
 //!   `f16`) and ranked by the logit error it causes; the most sensitive are kept in `f16`
 //!   until the guard holds ([`Report::kept`]).
@@ -110,6 +114,13 @@ pub enum QuantizeError {
         path: PathBuf,
         /// Entries that are not images.
         skipped: usize,
+    },
+    /// The activation ranges cannot be calibrated (a graph does not run with its
+    /// activations as outputs, or an activation is not finite).
+    #[error("activation calibration: {reason}")]
+    Activations {
+        /// Why.
+        reason: String,
     },
     /// A calibration image cannot be decoded.
     #[error("calibration image {path} is unreadable: {reason}")]
@@ -867,6 +878,9 @@ pub struct Report {
     pub quantized_bytes: u64,
     /// Calibration frames used.
     pub calibration: Vec<String>,
+    /// int8 modes: the calibrated activation ranges (recorded in the manifest for
+    /// int8-compute backends; tract's float plan does not use them).
+    pub activations: Vec<crate::actcalib::ActivationRange>,
 }
 
 /// Options of [`quantize`].
@@ -1058,6 +1072,12 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
             },
         });
     }
+    let activations = if opts.mode == Mode::F16 {
+        Vec::new()
+    } else {
+        let pb = bar(images.len(), "activation ranges", opts.progress);
+        crate::actcalib::calibrate(q.bundle(), &images, &options, &pb)?
+    };
     let float_bytes = q.bundle().as_bytes().len() as u64;
     let mut report = Report {
         mode: opts.mode,
@@ -1073,6 +1093,7 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
             .iter()
             .map(|i| i.path.display().to_string())
             .collect(),
+        activations,
     };
     let float_sha = edgeseg_runtime::bundle::hex(&q.bundle().file_sha256());
     let record = serde_json::json!({
@@ -1090,6 +1111,21 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
         },
         "kept_higher_precision": report.kept,
         "f16_out_of_range": report.f16_out_of_range,
+        // compact: the per-method errors and sample counts go to the report only
+        "activation_ranges": {
+            "scheme": "symmetric int8 per tensor (zero point 0), method chosen per tensor by held-out error; for int8-compute backends, not used by tract's float plan",
+            "methods": crate::actcalib::method_counts(&report.activations),
+            "tensors": report
+                .activations
+                .iter()
+                .map(|a| {
+                    (
+                        format!("{}/{}", a.graph, a.tensor),
+                        serde_json::json!({ "scale": a.scale, "method": a.method }),
+                    )
+                })
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+        },
     });
     let mut w = q.writer(&plan, |m| {
         m.provenance.commands.push(opts.command.clone());

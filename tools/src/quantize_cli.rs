@@ -144,6 +144,26 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     for t in &r.f16_out_of_range {
         println!("kept f32 (outside the f16 range): {t}");
     }
+    if !r.activations.is_empty() {
+        let worst = r
+            .activations
+            .iter()
+            .filter_map(|a| a.heldout_rel_mse.get(&a.method).map(|e| (e, a)))
+            .max_by(|x, y| x.0.total_cmp(y.0));
+        println!(
+            "activation ranges (symmetric int8, recorded for int8-compute backends): {} tensors, chosen by held-out error: {}{}",
+            r.activations.len(),
+            edgeseg_tools::actcalib::method_counts(&r.activations)
+                .iter()
+                .map(|(m, n)| format!("{n} {m:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            worst.map_or(String::new(), |(e, a)| format!(
+                "; worst held-out relative MSE {e:.2e} ({}/{})",
+                a.graph, a.tensor
+            ))
+        );
+    }
     if let Some(p) = &args.report {
         std::fs::write(p, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", p.display()))?;

@@ -325,6 +325,26 @@ fn quantize_int8_f16_mixed_with_guard_and_bad_calibration() {
     assert_eq!(m.provenance.metrics["quant_calib_logit_rel_rms"], err8);
     assert_eq!(m.extra["quantization"]["mode"], "int8");
     assert!(m.provenance.commands.last().unwrap().contains("quantize"));
+    // the calibrated activation ranges: one positive, finite scale per activation an
+    // int8 weight multiplies, in both graphs, with a known method
+    let ranges = m.extra["quantization"]["activation_ranges"]["tensors"]
+        .as_object()
+        .expect("activation ranges recorded");
+    assert!(
+        ranges.keys().any(|k| k.starts_with("encoder.onnx/"))
+            && ranges.keys().any(|k| k.starts_with("decoder.onnx/")),
+        "{:?}",
+        ranges.keys().collect::<Vec<_>>()
+    );
+    for (name, r) in ranges {
+        let scale = r["scale"].as_f64().expect("a scale");
+        assert!(scale.is_finite() && scale > 0.0, "{name}: {r}");
+        assert!(
+            ["minmax", "percentile", "mse", "constant"]
+                .contains(&r["method"].as_str().unwrap_or("")),
+            "{name}: {r}"
+        );
+    }
 
     // the held-out frame: masks of the int8 bundle match the float bundle's
     let rf = held_out(&float, &held);
