@@ -337,18 +337,14 @@ pub fn load_supports(
         .collect()
 }
 
-/// Teaches a prototype set from loaded supports with the teacher's embeddings.
-///
-/// `labels` are the mask labels to learn; empty means "every non-zero label is one
-/// structure" (label 1 after binarisation; multi-label masks are merged).
-/// Supports must all be grey or all colour.
-pub fn teach_set(
-    embedder: &mut TeacherEmbedder,
+/// Checks supports before any model is loaded: at least one, all of one modality
+/// (grey or colour), and every label to learn present in some mask. Returns the
+/// modality, the labels to learn, and whether the masks' labels are merged into label
+/// 1 (`labels` empty).
+pub fn check_supports(
     supports: &[SupportInput],
     labels: &[u8],
-    names: &[String],
-    config: HeadConfig,
-) -> Result<PrototypeSet, FewShotToolError> {
+) -> Result<(Modality, Vec<u8>, bool), FewShotToolError> {
     let first = supports
         .first()
         .ok_or_else(|| FewShotToolError::Input("no support image given".into()))?;
@@ -385,6 +381,22 @@ pub fn teach_set(
             )));
         }
     }
+    Ok((modality, learn, merged))
+}
+
+/// Teaches a prototype set from loaded supports with the teacher's embeddings.
+///
+/// `labels` are the mask labels to learn; empty means "every non-zero label is one
+/// structure" (label 1 after binarisation; multi-label masks are merged).
+/// Supports must all be grey or all colour.
+pub fn teach_set(
+    embedder: &mut TeacherEmbedder,
+    supports: &[SupportInput],
+    labels: &[u8],
+    names: &[String],
+    config: HeadConfig,
+) -> Result<PrototypeSet, FewShotToolError> {
+    let (modality, learn, merged) = check_supports(supports, labels)?;
     let embs = supports
         .iter()
         .map(|s| embedder.embed(&s.image))

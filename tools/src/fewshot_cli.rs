@@ -12,8 +12,8 @@ use edgeseg_runtime::bundle::VerifyPolicy;
 use edgeseg_runtime::fewshot::{AutoPromptConfig, HeadConfig, PrototypeSet};
 use edgeseg_tools::dataset::{Dataset, Split};
 use edgeseg_tools::fewshot::{
-    default_cache_dir, load_supports, run_episodes, teach_set, AutoPromptMode, EpisodeConfig,
-    FewShotSegmenter, TeacherEmbedder,
+    check_supports, default_cache_dir, load_supports, run_episodes, teach_set, AutoPromptMode,
+    EpisodeConfig, FewShotSegmenter, TeacherEmbedder,
 };
 use edgeseg_tools::{keys, teacher};
 
@@ -181,6 +181,8 @@ pub fn teach(args: TeachArgs) -> Result<()> {
         .map(keys::read_signing_key)
         .transpose()?;
     let supports = load_supports(&args.images, &args.masks).context("reading the supports")?;
+    // Refuse bad supports before the model is looked for and loaded.
+    check_supports(&supports, &args.labels).context("checking the supports")?;
     let cache = (!args.no_cache).then(|| args.cache.clone().unwrap_or_else(default_cache_dir));
     let weights = weights_path(args.weights.as_deref())?;
     let mut embedder = TeacherEmbedder::load(&weights, cache)?;
