@@ -353,18 +353,17 @@ pub fn calibrate(
                     .sam_points(&Prompt::from_box(b))
                     .map_err(|e| on("prompting", e.to_string()))?;
                 let n = labels.len();
-                if !decoders.contains_key(&n) {
-                    let plan = probe(
-                        bundle,
-                        DECODER_GRAPH,
-                        &[(0, vec![1, d, e1, e2]), (1, vec![1, n, 2]), (2, vec![1, n])],
-                        &dec_names,
-                    )
-                    .map_err(fail)?;
-                    decoders.insert(n, plan);
-                }
-                let Some(decoder) = decoders.get(&n) else {
-                    continue;
+                let decoder = match decoders.entry(n) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                        probe(
+                            bundle,
+                            DECODER_GRAPH,
+                            &[(0, vec![1, d, e1, e2]), (1, vec![1, n, 2]), (2, vec![1, n])],
+                            &dec_names,
+                        )
+                        .map_err(fail)?,
+                    ),
                 };
                 let outs = decoder
                     .run(tvec![
