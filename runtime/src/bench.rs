@@ -86,6 +86,10 @@ pub struct BenchConfig {
     /// (`backend::tract_ops`), as the backend does; without them, the
     /// bundle/bare ratio measures the fusion.
     pub bare_fused: bool,
+    /// Without `bare_onnx`: time the bundle's own graphs as plans without
+    /// edgeseg's ops (plain tract) next to the bundle, interleaved run by
+    /// run, so that the ratio measures `backend::tract_ops`.
+    pub unfused_baseline: bool,
     /// Also profile the bundle's encoder and decoder plans node by node
     /// (`runs` runs after `warmup`, after the latency runs).
     pub profile: bool,
@@ -116,10 +120,16 @@ pub struct BenchReport {
     pub cold_start_ms: f64,
     /// Parts of the cold start, ms.
     pub cold_start_parts: Vec<(String, f64)>,
+    /// Nodes of the encoder and decoder plans that edgeseg's own tract ops
+    /// replaced (`backend::tract_ops`).
+    pub fused_ops: [crate::backend::tract_ops::Fused; 2],
     /// Encoder (preprocessed input → embedding).
     pub encoder: Stats,
     /// Decoder (box prompt → mask at frame size).
     pub decoder: Stats,
+    /// What the `bare_*` plans are: `bare tract` (an export folder's ONNX)
+    /// or `unfused tract` (the bundle's graphs without edgeseg's ops).
+    pub baseline: Option<String>,
     /// Bare tract plan from plain ONNX, encoder (when requested).
     pub bare_encoder: Option<Stats>,
     /// Bare tract plan from plain ONNX, decoder graph only (when requested).
@@ -247,8 +257,8 @@ fn bare_plans(
         .map_err(un)?;
     let (encoder, decoder) = multithread_tract_scope(executor.clone(), || {
         Ok::<_, TractError>((
-            optimized(enc, fused)?.into_runnable()?,
-            optimized(dec, fused)?.into_runnable()?,
+            optimized(enc, fused)?.0.into_runnable()?,
+            optimized(dec, fused)?.0.into_runnable()?,
         ))
     })
     .map_err(un)?;
@@ -285,8 +295,8 @@ fn bundle_plans(
         .map_err(un)?;
     let (encoder, decoder) = multithread_tract_scope(executor.clone(), || {
         Ok::<_, TractError>((
-            optimized(enc, fused)?.into_runnable()?,
-            optimized(dec, fused)?.into_runnable()?,
+            optimized(enc, fused)?.0.into_runnable()?,
+            optimized(dec, fused)?.0.into_runnable()?,
         ))
     })
     .map_err(un)?;
@@ -330,6 +340,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
     let first_mask_ms = ms(t2);
     let cold_start_ms = ms(t0);
     let lt = seg.load_timings().clone();
+    let fused_ops = seg.fused_ops();
     let cold_start_parts = vec![
         ("open+verify".to_string(), open_ms),
         ("encoder parse".to_string(), lt.encoder_parse_ms),
@@ -355,6 +366,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
             cfg.options.threads,
             &emb_shape,
             cfg.bare_fused,
+        )?),
+        None if cfg.unfused_baseline => Some(bundle_plans(
+            &bundle,
+            cfg.options.threads,
+            &emb_shape,
+            false,
         )?),
         None => None,
     };
@@ -469,8 +486,16 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BackendError> {
         frame: (w, h),
         cold_start_ms,
         cold_start_parts,
+        fused_ops,
         encoder: Stats::of(&enc_ms).ok_or_else(empty)?,
         decoder: Stats::of(&dec_ms).ok_or_else(empty)?,
+        baseline: if cfg.bare_onnx.is_some() {
+            Some("bare tract".into())
+        } else if cfg.unfused_baseline {
+            Some("unfused tract".into())
+        } else {
+            None
+        },
         bare_encoder: Stats::of(&bare_enc_ms),
         bare_decoder: Stats::of(&bare_dec_ms),
         peak_rss_bytes: peak_rss_bytes(),

@@ -115,6 +115,11 @@ struct BenchArgs {
     /// so that the bundle/bare ratio measures them.
     #[arg(long)]
     bare_unfused: bool,
+    /// Also time the bundle's graphs as plain tract plans (without edgeseg's
+    /// own tract ops), interleaved run by run with the bundle's plans: the
+    /// encoder ratio measures those ops
+    #[arg(long, conflicts_with = "bare_onnx")]
+    unfused_baseline: bool,
     /// With --profile: also profile the plans without edgeseg's fused ops.
     #[arg(long)]
     profile_unfused: bool,
@@ -273,6 +278,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         prompt_box: a.bbox,
         bare_onnx: a.bare_onnx.clone(),
         bare_fused: !a.bare_unfused,
+        unfused_baseline: a.unfused_baseline,
         profile: a.profile,
         profile_unfused: a.profile_unfused,
         support: match &a.support {
@@ -290,6 +296,10 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         "{} on tract, {} thread(s), frame {}x{}",
         r.model, r.threads, r.frame.0, r.frame.1
     );
+    println!(
+        "edgeseg tract ops: encoder {}; decoder {}",
+        r.fused_ops[0], r.fused_ops[1]
+    );
     println!("cold start: {:.0} ms", r.cold_start_ms);
     for (k, v) in &r.cold_start_parts {
         println!("  {k:<28} {v:>8.1} ms");
@@ -302,15 +312,17 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     };
     row("encoder", &r.encoder);
     row("decoder (+post)", &r.decoder);
+    let baseline = r.baseline.as_deref().unwrap_or("bare tract");
     if let Some(s) = &r.bare_encoder {
-        row("bare tract encoder", s);
+        row(&format!("{baseline} encoder"), s);
         println!(
-            "  bundle/bare encoder median ratio {:.3}",
+            "  bundle/{baseline} encoder median ratio {:.3}",
             r.encoder.median_ms / s.median_ms
         );
     }
     if let Some(s) = &r.bare_decoder {
-        row("bare tract decoder", s);
+        row(&format!("{baseline} decoder"), s);
+        println!("  ({baseline} decoder: the graph alone, without post-processing)");
     }
     if let Some(s) = &r.fewshot_head {
         row("few-shot head+prompt", s);

@@ -20,6 +20,7 @@ use edgeseg_kernels::prepost::{self, Preprocessed};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
+use super::tract_ops::Fused;
 use super::{BackendError, BackendOptions, Embedding, PromptableSegmenter, RgbFrame, Segmentation};
 use crate::bundle::{Bundle, Layout, Normalization};
 use crate::onnx_weights;
@@ -91,6 +92,7 @@ pub struct TractSegmenter {
     frame: Option<FrameState>,
     timings: LoadTimings,
     embedding_id: Option<crate::fewshot::EmbeddingId>,
+    fused: [Fused; 2],
 }
 
 impl std::fmt::Debug for TractSegmenter {
@@ -118,21 +120,31 @@ pub(crate) fn parse_graph(bundle: &Bundle, graph: &str) -> Result<InferenceModel
 }
 
 /// tract's optimized model of `model`, with edgeseg's own ops patched in when
-/// `fused` (see [`super::tract_ops`]).
-pub(crate) fn optimized(model: InferenceModel, fused: bool) -> TractResult<TypedModel> {
-    let mut m = model.into_optimized()?;
+/// `fused` (see [`super::tract_ops`]), and how many nodes they replaced
+/// before tract's optimizer ran.
+pub(crate) fn optimized(model: InferenceModel, fused: bool) -> TractResult<(TypedModel, Fused)> {
+    let mut m = model.into_typed()?.into_decluttered()?;
+    let mut counts = Fused::default();
+    if fused {
+        counts = super::tract_ops::fuse_decluttered(&mut m)?;
+    }
+    let mut m = m.into_optimized()?;
     if fused {
         super::tract_ops::fuse_row_softmax(&mut m)?;
     }
-    Ok(m)
+    Ok((m, counts))
 }
 
-fn optimize(model: InferenceModel, graph: &str) -> Result<PlanState, BackendError> {
-    let plan: Plan = optimized(model, true)
-        .and_then(|m| m.into_runnable())
+fn optimize(model: InferenceModel, graph: &str) -> Result<(PlanState, Fused), BackendError> {
+    let (model, fused) = optimized(model, true)
+        .map_err(|e| unavailable(format!("tract cannot optimize graph `{graph}`: {e:#}")))?;
+    let plan: Plan = model
+        .into_runnable()
         .map_err(|e| unavailable(format!("tract cannot plan graph `{graph}`: {e:#}")))?;
-    plan.spawn()
-        .map_err(|e| unavailable(format!("graph `{graph}`: {e:#}")))
+    let state = plan
+        .spawn()
+        .map_err(|e| unavailable(format!("graph `{graph}`: {e:#}")))?;
+    Ok((state, fused))
 }
 
 impl TractSegmenter {
@@ -180,7 +192,8 @@ impl TractSegmenter {
             .map_err(unavailable)?;
         timings.encoder_parse_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        let encoder = multithread_tract_scope(executor.clone(), || optimize(enc, ENCODER_GRAPH))?;
+        let (encoder, encoder_fused) =
+            multithread_tract_scope(executor.clone(), || optimize(enc, ENCODER_GRAPH))?;
         timings.encoder_optimize_ms = t.elapsed().as_secs_f64() * 1e3;
         let out = encoder
             .plan()
@@ -210,6 +223,7 @@ impl TractSegmenter {
             frame: None,
             timings,
             embedding_id: None,
+            fused: [encoder_fused, Fused::default()],
         };
         let [_, c, eh, ew] = embedding_shape;
         me.embedding_id = crate::fewshot::EmbeddingId::of_bundle(bundle, Some([c, eh, ew]));
@@ -229,6 +243,12 @@ impl TractSegmenter {
     /// How long the steps of opening took.
     pub fn load_timings(&self) -> &LoadTimings {
         &self.timings
+    }
+
+    /// How many nodes of the encoder plan and of the last-built decoder plan
+    /// edgeseg's own tract ops replaced ([`super::tract_ops`]).
+    pub fn fused_ops(&self) -> [Fused; 2] {
+        self.fused
     }
 
     /// The thread count.
@@ -257,8 +277,9 @@ impl TractSegmenter {
                 .and_then(|m| m.with_input_fact(1, f32::fact([1, n, 2]).into()))
                 .and_then(|m| m.with_input_fact(2, f32::fact([1, n]).into()))
                 .map_err(unavailable)?;
-            let state =
+            let (state, fused) =
                 multithread_tract_scope(self.executor.clone(), || optimize(model, DECODER_GRAPH))?;
+            self.fused[1] = fused;
             self.decoders.insert(n, state);
         }
         self.decoders

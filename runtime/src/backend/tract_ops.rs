@@ -1,5 +1,17 @@
-//! edgeseg's own tract op: a fused row softmax, registered into optimized
-//! plans by [`fuse_row_softmax`].
+//! edgeseg's own tract ops, patched into the plans the CPU backend builds:
+//!
+//! - a fused row softmax, registered into optimized plans by
+//!   [`fuse_row_softmax`] (below);
+//! - [`ConvTranspose2x2`], [`FewRowsMatMul`], [`Conv3x3`] and
+//!   [`AxisLayerNorm`], patched into decluttered models (before tract's
+//!   optimizer) by [`fuse_decluttered`], where tract 0.23.9's own lowering
+//!   is slow for the shapes edge-s and LiteMedSAM use
+//!   (`docs/perf/edge-s.md`).
+//!
+//! Every op is checked against the tract ops it replaces (unit tests here,
+//! and `cpu_backend`'s fused-vs-plain plan comparison).
+//!
+//! The row softmax:
 //!
 //! The profile of the LiteMedSAM plans (`edgeseg bench --profile`,
 //! `docs/perf/tract-cpu.md`) showed tract 0.23.9 slow on the attention
@@ -17,6 +29,17 @@
 //! per row (bias optional, broadcast over the leading axes), with a
 //! vectorizable polynomial `exp` (Cephes `expf`, relative error about 1e-7),
 //! rows split over tract's thread pool. No `unsafe`.
+
+mod conv3x3;
+mod conv_transpose;
+mod few_rows_matmul;
+mod layer_norm;
+mod row_kernels;
+
+pub use conv3x3::Conv3x3;
+pub use conv_transpose::ConvTranspose2x2;
+pub use few_rows_matmul::FewRowsMatMul;
+pub use layer_norm::AxisLayerNorm;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -64,6 +87,9 @@ fn exp_neg(x: f32) -> f32 {
 /// Lanes of the partial reductions (lets LLVM vectorize max and sum).
 const LANES: usize = 8;
 
+/// Compiled for AVX2/SSE4.1/NEON too, chosen at run time; no `mul_add`, so
+/// every version gives the same bits.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1", "aarch64+neon"))]
 fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
     if let Some(b) = bias {
         for (x, b) in row.iter_mut().zip(b) {
@@ -190,6 +216,122 @@ fn broadcast_bias(model: &TypedModel, bias: OutletId, x: &TypedFact) -> bool {
             let lead = bs.iter().take_while(|&&d| d == 1).count();
             bs[lead..] == xs[lead..]
         }
+}
+
+/// A constant f32 tensor at `outlet`, if that is what it is.
+fn const_tensor(model: &TypedModel, outlet: OutletId) -> Option<Tensor> {
+    let fact = model.outlet_fact(outlet).ok()?;
+    let k = fact.konst.as_ref()?;
+    (k.datum_type() == f32::datum_type()).then(|| (**k).clone())
+}
+
+/// The values of an f32 tensor.
+fn plain_f32(t: &Tensor) -> Option<Vec<f32>> {
+    let plain = t.try_as_plain_ram().ok()?;
+    plain.as_slice::<f32>().ok().map(<[f32]>::to_vec)
+}
+
+/// How many nodes [`fuse_decluttered`] replaced, per op.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Fused {
+    /// `Deconv` nodes now [`ConvTranspose2x2`].
+    pub conv_transpose: usize,
+    /// `EinSum` nodes now [`FewRowsMatMul`].
+    pub few_rows_matmul: usize,
+    /// Channel-first 3×3 `Conv` nodes (depthwise, or dense with few input
+    /// channels) now [`Conv3x3`].
+    pub conv3x3: usize,
+    /// Six-op layer-norm chains now [`AxisLayerNorm`].
+    pub layer_norm: usize,
+}
+
+impl Fused {
+    /// All replacements.
+    pub fn total(&self) -> usize {
+        self.conv_transpose + self.few_rows_matmul + self.conv3x3 + self.layer_norm
+    }
+}
+
+impl std::fmt::Display for Fused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            (self.conv_transpose, "ConvTranspose2x2"),
+            (self.few_rows_matmul, "FewRowsMatMul"),
+            (self.conv3x3, "Conv3x3"),
+            (self.layer_norm, "AxisLayerNorm"),
+        ];
+        let named: Vec<String> = parts
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, name)| format!("{n} {name}"))
+            .collect();
+        if named.is_empty() {
+            write!(f, "none")
+        } else {
+            write!(f, "{}", named.join(", "))
+        }
+    }
+}
+
+/// Patches edgeseg's ops into a decluttered model (before
+/// `into_optimized`): every node or chain that one of them implements
+/// exactly is replaced; everything else is left to tract.
+pub fn fuse_decluttered(model: &mut TypedModel) -> TractResult<Fused> {
+    let mut fused = Fused::default();
+    loop {
+        let mut patch = None;
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            let (name, op, inputs, replaced): (String, Box<dyn TypedOp>, TVec<OutletId>, usize) =
+                if let Some(op) = conv_transpose::from_node(model, node) {
+                    fused.conv_transpose += 1;
+                    (
+                        format!("{}.edgeseg", node.name),
+                        Box::new(op),
+                        tvec!(node.inputs[0]),
+                        id,
+                    )
+                } else if let Some(op) = conv3x3::from_node(model, node) {
+                    fused.conv3x3 += 1;
+                    (
+                        format!("{}.edgeseg", node.name),
+                        Box::new(op),
+                        tvec!(node.inputs[0]),
+                        id,
+                    )
+                } else if few_rows_matmul::matches(model, node) {
+                    fused.few_rows_matmul += 1;
+                    let op = Box::new(FewRowsMatMul);
+                    (
+                        format!("{}.edgeseg", node.name),
+                        op,
+                        node.inputs.iter().copied().collect(),
+                        id,
+                    )
+                } else if let Some(chain) = layer_norm::chain_from(model, node) {
+                    fused.layer_norm += 1;
+                    let last = model.node(chain.last);
+                    let name = format!("{}.edgeseg_layer_norm", last.name);
+                    (name, Box::new(chain.op), tvec!(chain.input), chain.last)
+                } else {
+                    continue;
+                };
+            let mut p = TypedModelPatch::new("edgeseg op");
+            let taps = p.taps(model, &inputs)?;
+            let out = p.wire_node(name, op, &taps)?;
+            p.shunt_outside(model, OutletId::new(replaced, 0), out[0])?;
+            patch = Some(p);
+            break;
+        }
+        match patch {
+            Some(p) => p.apply(model)?,
+            None => break,
+        }
+    }
+    if fused.total() > 0 {
+        *model = std::mem::take(model).into_compact()?;
+    }
+    Ok(fused)
 }
 
 /// Replaces every f32 last-axis `Softmax` of an optimized model by
@@ -323,3 +465,6 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod fused_tests;
