@@ -132,6 +132,17 @@ enum Command {
     /// the output error against the float bundle on calibration frames, and refuse a
     /// bundle below the accuracy guard unless forced.
     Quantize(Box<quantize_cli::QuantizeArgs>),
+    /// Make an evaluation-only bundle that simulates int8 compute: per-tensor int8
+    /// quantize/dequantize on every activation an int8 weight multiplies, with the scales
+    /// the int8 bundle's manifest records (run `eval --bundle` on it).
+    Int8Sim {
+        /// An int8 bundle made by `quantize --mode int8|mixed` (read only).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Output bundle (must differ from --bundle).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify a bundle and print its manifest, sections and tensors.
     Inspect {
         /// The bundle.
@@ -424,6 +435,20 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Quantize(args) => quantize_cli::run(*args),
+        Command::Int8Sim { bundle, out } => {
+            if std::fs::canonicalize(&bundle).ok() == std::fs::canonicalize(&out).ok() {
+                bail!("--out must differ from --bundle");
+            }
+            let sim = edgeseg_tools::int8sim::simulate(&bundle, &out)?;
+            for (graph, pairs) in &sim.pairs {
+                println!(
+                    "{graph}: {pairs} activations quantized to int8 ({} operator inputs)",
+                    sim.rewired_inputs.get(graph).copied().unwrap_or(0)
+                );
+            }
+            println!("wrote {} (evaluation only)", out.display());
+            Ok(())
+        }
         Command::Inspect {
             bundle,
             pubkey,
