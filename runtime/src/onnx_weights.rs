@@ -137,7 +137,9 @@ pub fn load_graph(bundle: &Bundle, graph: &str) -> Result<pb::ModelProto, Weight
     Ok(model)
 }
 
-/// Fills the external initializers of `model` from `bundle`'s tensor table.
+/// Fills the external initializers of `model` from `bundle`'s tensor table: float
+/// initializers get the tensor's f32 values (dequantized when the manifest says the
+/// tensor is quantized), `INT8` initializers the stored `i8` values unchanged.
 pub fn attach(
     model: &mut pb::ModelProto,
     bundle: &Bundle,
@@ -174,10 +176,17 @@ pub fn attach(
         let t = bundle
             .tensor(&tname)
             .ok_or_else(|| err(format!("tensor `{tname}` is not in the bundle")))?;
-        if init.data_type != pb::tensor_proto::DataType::Float as i32 {
+        let raw_int8 = init.data_type == pb::tensor_proto::DataType::Int8 as i32;
+        if init.data_type != pb::tensor_proto::DataType::Float as i32 && !raw_int8 {
             return Err(err(format!(
-                "only float external initializers are supported (graph type {})",
+                "only float and int8 external initializers are supported (graph type {})",
                 init.data_type
+            )));
+        }
+        if raw_int8 && t.dtype != DType::I8 {
+            return Err(err(format!(
+                "an int8 initializer needs an int8 tensor; `{tname}` is {:?}",
+                t.dtype
             )));
         }
         let same_shape = t.shape.len() == init.dims.len()
@@ -189,7 +198,9 @@ pub fn attach(
             )));
         }
         let scheme = bundle.manifest().quantization.get(&tname);
-        let raw = if scheme.is_none() && t.dtype == DType::F32 {
+        // stored f32 values, and the int8 values of int8 graphs (ConvInteger/
+        // MatMulInteger, which apply the scales themselves), are taken as they are
+        let raw = if raw_int8 || (scheme.is_none() && t.dtype == DType::F32) {
             t.bytes.to_vec()
         } else {
             let values = quant::dequantize(&t, scheme, |n| bundle.tensor(n))

@@ -601,3 +601,57 @@ fn quantized_tensors_dequantize_by_their_manifest_scheme() {
     );
     assert!(edgeseg_runtime::quant::tensor_f32(&b, "missing").is_none());
 }
+
+/// `onnx_weights::attach`: float initializers get dequantized values, `INT8` ones the
+/// stored int8 values unchanged, and an `INT8` initializer over a float tensor is an
+/// error naming it.
+#[test]
+fn int8_initializers_get_the_stored_values() {
+    use edgeseg_runtime::onnx_weights::{attach, LOCATION};
+    use tract_onnx::pb;
+    let bytes = writer().to_bytes().unwrap();
+    let b = Bundle::from_bytes(&bytes, &VerifyPolicy::default()).unwrap();
+    let ext = |name: &str, tensor: &str, dims: &[i64], dt: pb::tensor_proto::DataType| {
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: dt as i32,
+            data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+            external_data: vec![
+                pb::StringStringEntryProto {
+                    key: "location".into(),
+                    value: LOCATION.into(),
+                },
+                pb::StringStringEntryProto {
+                    key: "tensor".into(),
+                    value: tensor.into(),
+                },
+            ],
+            ..Default::default()
+        }
+    };
+    let model = |inits: Vec<pb::TensorProto>| pb::ModelProto {
+        graph: Some(pb::GraphProto {
+            initializer: inits,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    use pb::tensor_proto::DataType::{Float, Int8};
+    let mut m = model(vec![
+        ext("as_int8", "decoder.w", &[5], Int8),
+        ext("as_float", "decoder.w", &[5], Float),
+    ]);
+    attach(&mut m, &b, "g").unwrap();
+    let inits = &m.graph.as_ref().unwrap().initializer;
+    assert_eq!(inits[0].raw_data, vec![1, 2, 3, 4, 5]);
+    let floats: Vec<f32> = inits[1]
+        .raw_data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(floats, vec![0.5, 1.0, 1.5, 2.0, 2.5]); // scale 0.5, zero point 0
+    let mut bad = model(vec![ext("w", "encoder.w", &[2, 3, 4], Int8)]);
+    let e = attach(&mut bad, &b, "g").unwrap_err().to_string();
+    assert!(e.contains("int8 initializer needs an int8 tensor"), "{e}");
+}

@@ -113,7 +113,7 @@ pub fn activation_scales(
 /// The activation input of an int8-able operator (the rule of
 /// [`crate::actcalib::activation_inputs`]): index of the non-initializer data input
 /// whose partner is an initializer.
-fn activation_index(node: &pb::NodeProto, initializers: &[&str]) -> Option<usize> {
+pub(crate) fn activation_index(node: &pb::NodeProto, initializers: &[&str]) -> Option<usize> {
     if !matches!(
         node.op_type.as_str(),
         "Conv" | "ConvTranspose" | "MatMul" | "Gemm"
@@ -131,7 +131,7 @@ fn activation_index(node: &pb::NodeProto, initializers: &[&str]) -> Option<usize
     }
 }
 
-fn scalar_initializer(
+pub(crate) fn scalar_initializer(
     name: String,
     data_type: pb::tensor_proto::DataType,
     raw: Vec<u8>,

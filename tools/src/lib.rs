@@ -15,6 +15,7 @@ pub mod distill;
 pub mod eval;
 pub mod fewshot;
 pub mod grid;
+pub mod int8compute;
 pub mod int8sim;
 pub mod keys;
 pub mod litemedsam;

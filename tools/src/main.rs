@@ -143,6 +143,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the int8-compute form of an int8 bundle: its Conv and MatMul multiply int8
+    /// weights by int8 activations (ConvInteger/MatMulInteger, the form tract's ARM SDOT
+    /// kernels run), with the activation scales its manifest records.
+    Int8Compute {
+        /// An int8 bundle made by `quantize --mode int8|mixed` (read only).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Output bundle (must differ from --bundle).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify a bundle and print its manifest, sections and tensors.
     Inspect {
         /// The bundle.
@@ -435,6 +446,29 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Quantize(args) => quantize_cli::run(*args),
+        Command::Int8Compute { bundle, out } => {
+            if std::fs::canonicalize(&bundle).ok() == std::fs::canonicalize(&out).ok() {
+                bail!("--out must differ from --bundle");
+            }
+            let c = edgeseg_tools::int8compute::convert(&bundle, &out)?;
+            for (graph, ops) in &c.int8_ops {
+                let list: Vec<String> = ops.iter().map(|(op, n)| format!("{n} {op}")).collect();
+                let kept = c.kept_float.get(graph).map_or(0, Vec::len);
+                println!(
+                    "{graph}: int8 compute for {}; {kept} int8-able operators kept in float",
+                    if list.is_empty() {
+                        "none".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                );
+                for k in c.kept_float.get(graph).into_iter().flatten() {
+                    println!("  float: {k}");
+                }
+            }
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Int8Sim { bundle, out } => {
             if std::fs::canonicalize(&bundle).ok() == std::fs::canonicalize(&out).ok() {
                 bail!("--out must differ from --bundle");
