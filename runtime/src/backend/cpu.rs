@@ -135,8 +135,13 @@ pub(crate) fn optimized(model: InferenceModel, fused: bool) -> TractResult<(Type
     Ok((m, counts))
 }
 
+/// Set (to any value) to build plain tract plans, without edgeseg's own ops: a switch
+/// for comparing or ruling them out on a device without rebuilding.
+pub const PLAIN_TRACT_ENV: &str = "EDGESEG_PLAIN_TRACT";
+
 fn optimize(model: InferenceModel, graph: &str) -> Result<(PlanState, Fused), BackendError> {
-    let (model, fused) = optimized(model, true)
+    let fused = std::env::var_os(PLAIN_TRACT_ENV).is_none();
+    let (model, fused) = optimized(model, fused)
         .map_err(|e| unavailable(format!("tract cannot optimize graph `{graph}`: {e:#}")))?;
     let plan: Plan = model
         .into_runnable()

@@ -8,8 +8,9 @@
 //!   is slow for the shapes edge-s and LiteMedSAM use
 //!   (`docs/perf/edge-s.md`).
 //!
-//! Every op is checked against the tract ops it replaces (unit tests here,
-//! and `cpu_backend`'s fused-vs-plain plan comparison).
+//! Every op is checked against the tract ops it replaces (unit tests in
+//! `fused_tests`), and whole models against candle and the reference kernels.
+//! Setting `EDGESEG_PLAIN_TRACT` builds the backend's plans without them.
 //!
 //! The row softmax:
 //!
