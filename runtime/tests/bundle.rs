@@ -611,8 +611,8 @@ fn int8_initializers_get_the_stored_values() {
     use tract_onnx::pb;
     let bytes = writer().to_bytes().unwrap();
     let b = Bundle::from_bytes(&bytes, &VerifyPolicy::default()).unwrap();
-    let ext = |name: &str, tensor: &str, dims: &[i64], dt: pb::tensor_proto::DataType| {
-        pb::TensorProto {
+    let ext =
+        |name: &str, tensor: &str, dims: &[i64], dt: pb::tensor_proto::DataType| pb::TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
             data_type: dt as i32,
@@ -628,8 +628,7 @@ fn int8_initializers_get_the_stored_values() {
                 },
             ],
             ..Default::default()
-        }
-    };
+        };
     let model = |inits: Vec<pb::TensorProto>| pb::ModelProto {
         graph: Some(pb::GraphProto {
             initializer: inits,
