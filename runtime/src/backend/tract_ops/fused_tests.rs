@@ -64,6 +64,15 @@ fn check(model: TypedModel, input: Tensor, expect: Fused, tol: f32) {
     }
 }
 
+thread_local! {
+    /// Batch size of the NCHW models (1 unless a test sets it).
+    static BATCH: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+fn batch_size() -> usize {
+    BATCH.with(|b| b.get())
+}
+
 fn conv_transpose_model(
     batch: bool,
     c_in: usize,
@@ -73,7 +82,7 @@ fn conv_transpose_model(
 ) -> (TypedModel, Tensor) {
     let mut m = TypedModel::default();
     let shape: Vec<usize> = if batch {
-        vec![1, c_in, h, w]
+        vec![batch_size(), c_in, h, w]
     } else {
         vec![c_in, h, w]
     };
@@ -119,7 +128,7 @@ fn conv3x3_model(
     };
     let mut m = TypedModel::default();
     let shape: Vec<usize> = if batch {
-        vec![1, c_in, h, w]
+        vec![batch_size(), c_in, h, w]
     } else {
         vec![c_in, h, w]
     };
@@ -209,7 +218,8 @@ fn layer_norm_model(shape: &[usize], axis: usize) -> (TypedModel, Tensor) {
 
 fn few_rows_model(m_rows: usize, k: usize, b: usize, n: usize) -> (TypedModel, Tensor) {
     let mut m = TypedModel::default();
-    let x = m.add_source("x", f32::fact([1, k, b, n])).unwrap();
+    let a = batch_size();
+    let x = m.add_source("x", f32::fact([a, k, b, n])).unwrap();
     let h = m.add_const("h", tensor(&[m_rows, k], 12)).unwrap();
     let op = EinSum {
         axes: few_rows_matmul::EXPRESSION.parse().unwrap(),
@@ -218,7 +228,7 @@ fn few_rows_model(m_rows: usize, k: usize, b: usize, n: usize) -> (TypedModel, T
     };
     let y = m.wire_node("einsum", op, &[h, x]).unwrap();
     m.select_output_outlets(&y).unwrap();
-    (m, tensor(&[1, k, b, n], 13))
+    (m, tensor(&[a, k, b, n], 13))
 }
 
 proptest! {
@@ -276,6 +286,44 @@ fn conv_transpose_in_several_blocks_of_rows() {
             1e-5,
         );
     }
+}
+
+#[test]
+fn batches_of_two() {
+    BATCH.with(|b| b.set(2));
+    let (m, x) = conv_transpose_model(true, 3, 5, 7, 9);
+    check(
+        m,
+        x,
+        Fused {
+            conv_transpose: 1,
+            ..Fused::default()
+        },
+        1e-5,
+    );
+    for (depthwise, stride) in [(true, 1), (true, 2), (false, 1), (false, 2)] {
+        let (m, x) = conv3x3_model(true, depthwise, (4, 3), (9, 11), stride);
+        check(
+            m,
+            x,
+            Fused {
+                conv3x3: 1,
+                ..Fused::default()
+            },
+            1e-5,
+        );
+    }
+    let (m, x) = few_rows_model(4, 12, 3, 70);
+    check(
+        m,
+        x,
+        Fused {
+            few_rows_matmul: 1,
+            ..Fused::default()
+        },
+        1e-5,
+    );
+    BATCH.with(|b| b.set(1));
 }
 
 #[test]
