@@ -870,6 +870,9 @@ pub struct Report {
     pub forced: bool,
     /// `mixed`: tensors kept above int8, most sensitive first.
     pub kept: Vec<Kept>,
+    /// `mixed`: tensors the bisection kept above int8 that went back to int8 with the
+    /// guard still holding (the size-aware step), in the order tried.
+    pub given_back: Vec<String>,
     /// Tensors that stay f32 because f16 cannot hold them.
     pub f16_out_of_range: Vec<String>,
     /// Bytes of the float bundle.
@@ -894,6 +897,10 @@ pub struct QuantizeOptions {
     pub calib_limit: Option<usize>,
     /// `mixed`: use only this many of them for the per-tensor sensitivity runs.
     pub sensitivity_images: Option<usize>,
+    /// `mixed`: after the bisection, try at most this many kept tensors back in int8
+    /// (most bytes saved per unit of sensitivity first), keeping each that leaves the
+    /// guard holding.
+    pub give_back: usize,
     /// The mode.
     pub mode: Mode,
     /// Output bundle.
@@ -963,6 +970,7 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
     let mut plan = q.base_plan(opts.mode);
     let mut error = measure(&plan, "quantized", &images, &reference)?;
     let mut kept = Vec::new();
+    let mut given_back = Vec::new();
     if opts.mode == Mode::Mixed && !opts.guard.holds(&error) {
         // sensitivity of each int8 weight alone (the rest f16), on a subset
         let sub: Vec<CalibImage> = match opts.sensitivity_images {
@@ -1046,9 +1054,39 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
         };
         plan = plan_keeping(k);
         error = e;
+        // size-aware step: the kept tensors that save the most bytes per unit of
+        // sensitivity go back to int8, one at a time, while the guard still holds
+        if opts.guard.holds(&error) && opts.give_back > 0 {
+            let elements: BTreeMap<&str, usize> = q
+                .candidates()
+                .iter()
+                .map(|c| (c.name.as_str(), c.shape.iter().product()))
+                .collect();
+            let mut order: Vec<(String, f64)> = ranked
+                .iter()
+                .take(k)
+                .map(|(n, e)| {
+                    // f16 → int8 saves one byte per element (the scales are small)
+                    let saved = elements.get(n.as_str()).copied().unwrap_or(0) as f64;
+                    (n.clone(), saved / e.logit_rel_rms.max(1e-12))
+                })
+                .collect();
+            order.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (name, _) in order.into_iter().take(opts.give_back) {
+                let mut p = plan.clone();
+                p.insert(name.clone(), Precision::Int8);
+                let e = measure(&p, &format!("{name} back in int8"), &images, &reference)?;
+                if opts.guard.holds(&e) {
+                    plan = p;
+                    error = e;
+                    given_back.push(name);
+                }
+            }
+        }
         kept = ranked
             .iter()
             .take(k)
+            .filter(|(n, _)| !given_back.contains(n))
             .map(|(n, e)| Kept {
                 tensor: n.clone(),
                 precision: plan[n],
@@ -1086,6 +1124,7 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
         guard: opts.guard,
         forced: !holds,
         kept,
+        given_back,
         f16_out_of_range: q.f16_out_of_range().to_vec(),
         float_bytes,
         quantized_bytes: 0,
@@ -1110,6 +1149,7 @@ pub fn quantize(opts: &QuantizeOptions) -> Result<Report, QuantizeError> {
             "error": report.error,
         },
         "kept_higher_precision": report.kept,
+        "given_back_to_int8": report.given_back,
         "f16_out_of_range": report.f16_out_of_range,
         // compact: the per-method errors and sample counts go to the report only
         "activation_ranges": {

@@ -39,6 +39,11 @@ pub struct QuantizeArgs {
     /// mixed: frames used for the per-tensor sensitivity runs [default: all].
     #[arg(long)]
     sensitivity_images: Option<usize>,
+    /// mixed: after the bisection, try up to this many kept tensors back in int8 (most
+    /// bytes saved per unit of sensitivity first), keeping each that leaves the guard
+    /// holding; 0 turns this size-aware step off.
+    #[arg(long, default_value_t = 8)]
+    give_back: usize,
     /// Refuse the bundle when the mean mask IoU (quantized vs float) on the calibration
     /// frames is below this.
     #[arg(long, default_value_t = quantize::DEFAULT_MIN_MEAN_IOU)]
@@ -79,6 +84,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         calib: args.calib.clone(),
         calib_limit: args.calib_limit,
         sensitivity_images: args.sensitivity_images,
+        give_back: args.give_back,
         mode: match args.mode {
             ModeArg::Int8 => Mode::Int8,
             ModeArg::F16 => Mode::F16,
@@ -132,6 +138,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         e.embedding_rel_rms,
         if r.forced { " (BELOW the guard, forced)" } else { "" }
     );
+    if !r.given_back.is_empty() {
+        println!(
+            "back in int8 after the bisection, guard still holding: {}",
+            r.given_back.join(", ")
+        );
+    }
     if !r.kept.is_empty() {
         println!("kept above int8 (most sensitive first):");
         for k in &r.kept {

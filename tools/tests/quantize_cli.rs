@@ -418,5 +418,18 @@ fn quantize_int8_f16_mixed_with_guard_and_bad_calibration() {
             Some(&Quantization::Cast)
         );
     }
+    // the size-aware step: what went back is int8 in the bundle, and not also "kept"
+    for g in repm["given_back"].as_array().unwrap() {
+        let name = g.as_str().unwrap();
+        assert!(
+            matches!(
+                mb.manifest().quantization.get(name),
+                Some(Quantization::PerChannel { .. })
+            ),
+            "{name} went back to int8 but is stored as {:?}",
+            mb.manifest().quantization.get(name)
+        );
+        assert!(!kept.iter().any(|k| k["tensor"] == *g), "{name}");
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }
