@@ -121,6 +121,19 @@ pub struct TrainArgs {
     /// by the channel means).
     #[arg(long, value_enum, default_value = "standardized")]
     pub embedding_target: EmbeddingTarget,
+    /// Start from `--init` weights distilled from another bundle of the teacher (a teacher
+    /// bundle re-made from the same weights has another SHA-256, because its manifest records
+    /// the command that made it). The change is written into the run's provenance.
+    #[arg(long)]
+    pub accept_teacher_change: bool,
+    /// With `--init`: keep only its image encoder and start from a freshly drawn prompt
+    /// encoder and mask decoder.
+    #[arg(long)]
+    pub fresh_decoder: bool,
+    /// Stage 2 with the image encoder frozen: only the prompt encoder and mask decoder
+    /// learn (about 4× faster steps; the embedding loss is reported but not trained).
+    #[arg(long)]
+    pub freeze_encoder: bool,
 }
 
 /// Runs a distill subcommand.
@@ -196,6 +209,9 @@ fn train_stage(a: TrainArgs) -> Result<()> {
         2 => Stage::Prompted,
         s => bail!("--stage must be 1 or 2, got {s}"),
     };
+    if stage == Stage::Embedding && (a.freeze_encoder || a.fresh_decoder) {
+        bail!("--freeze-encoder and --fresh-decoder are stage-2 options (stage 1 trains only the encoder)");
+    }
     let student = student_config(&a.student)?;
     let cache = TeacherCache::open(&a.cache)
         .with_context(|| format!("opening teacher cache {}", a.cache.display()))?;
@@ -237,6 +253,8 @@ fn train_stage(a: TrainArgs) -> Result<()> {
         },
         checkpoint_every: a.checkpoint_every,
         embedding_target: a.embedding_target,
+        fresh_decoder: a.fresh_decoder,
+        freeze_encoder: a.freeze_encoder,
     };
     println!(
         "{} stage {}: {} records, teacher {} ({})",
@@ -248,7 +266,8 @@ fn train_stage(a: TrainArgs) -> Result<()> {
     );
     let paths = RunPaths::new(&a.out, stage);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    TrainingProvenance::for_run(&cache, init.as_deref(), &command)?.write_beside(&paths.weights)?;
+    TrainingProvenance::for_run(&cache, init.as_deref(), &command, a.accept_teacher_change)?
+        .write_beside(&paths.weights)?;
     let pb = bar(0, "training");
     let state = train::train(&cfg, &cache, &a.out, init.as_deref(), |row, total| {
         pb.set_length(total as u64);

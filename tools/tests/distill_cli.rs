@@ -233,6 +233,37 @@ fn distill_pipeline_learns_on_fixtures() {
     );
     assert!(run.join("stage2/validation.json").is_file());
 
+    // weights distilled from another teacher bundle start a run only when asked to, and
+    // the change is written into the new run's provenance
+    let other = tmp.join("other-teacher");
+    std::fs::create_dir_all(&other).unwrap();
+    let ow = other.join("weights.safetensors");
+    std::fs::copy(run.join("stage1/weights.safetensors"), &ow).unwrap();
+    std::fs::write(
+        other.join("provenance.json"),
+        r#"{"teacher":"litemedsam-teacher (bundle sha256 00ff)","training_data":[],"commands":["distill train (elsewhere)"]}"#,
+    )
+    .unwrap();
+    let run_b = tmp.join("run-b");
+    let with_init = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = common("2", "1");
+        let i = v.iter().position(|x| x == "--out").unwrap();
+        v[i + 1] = s(&run_b);
+        v.extend(["--init".to_string(), s(&ow)]);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let refused = with_init(&[]);
+    let err = tools_fails(&refused.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--accept-teacher-change"), "{err}");
+    let accepted = with_init(&["--accept-teacher-change"]);
+    tools(&accepted.iter().map(String::as_str).collect::<Vec<_>>());
+    let prov = std::fs::read_to_string(run_b.join("stage2/provenance.json")).unwrap();
+    assert!(
+        prov.contains("teacher changed from litemedsam-teacher (bundle sha256 00ff)"),
+        "{prov}"
+    );
+
     // the student leaves as a bundle and runs on the device runtime
     let sg = tmp.join("student-graphs");
     let sw = run.join("stage2/weights.safetensors");

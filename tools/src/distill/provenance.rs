@@ -39,10 +39,13 @@ pub fn provenance_path(weights: &Path) -> PathBuf {
 impl TrainingProvenance {
     /// The provenance of a stage trained on `cache`, continuing `init`'s (the weights a
     /// run starts from, whose own provenance is read if it has one) with `command`.
+    /// Weights distilled from another teacher bundle are refused unless
+    /// `accept_teacher_change`, which records the change.
     pub fn for_run(
         cache: &TeacherCache,
         init: Option<&Path>,
         command: &str,
+        accept_teacher_change: bool,
     ) -> Result<Self, DistillError> {
         let mut p = match init {
             Some(w) => Self::read_beside(w)?.unwrap_or_else(|| Self {
@@ -57,10 +60,17 @@ impl TrainingProvenance {
         let h = &cache.header;
         let teacher = format!("{} (bundle sha256 {})", h.teacher_name, h.teacher_sha256);
         if !p.teacher.is_empty() && p.teacher != teacher {
-            return Err(DistillError::Config(format!(
-                "the initial weights were distilled from {}, this cache holds {}",
+            if !accept_teacher_change {
+                return Err(DistillError::Config(format!(
+                    "the initial weights were distilled from {}, this cache holds {}; if both \
+                     bundles hold the same teacher weights, pass --accept-teacher-change",
+                    p.teacher, teacher
+                )));
+            }
+            p.commands.push(format!(
+                "(teacher changed from {} to {}, accepted with --accept-teacher-change)",
                 p.teacher, teacher
-            )));
+            ));
         }
         p.teacher = teacher;
         let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();

@@ -105,6 +105,14 @@ pub struct TrainConfig {
     /// Target of the embedding loss (runs stored without it read as `raw`).
     #[serde(default)]
     pub embedding_target: EmbeddingTarget,
+    /// Start with a freshly drawn prompt encoder and mask decoder, keeping only the
+    /// image encoder (and adapter) of the initial weights.
+    #[serde(default)]
+    pub fresh_decoder: bool,
+    /// Stage 2 with the image encoder frozen: only the prompt encoder and mask
+    /// decoder learn (about 4× faster steps; no embedding loss).
+    #[serde(default)]
+    pub freeze_encoder: bool,
 }
 
 /// Progress of a run, saved beside its checkpoint.
@@ -219,9 +227,9 @@ impl Student {
     /// seeded, so without this two runs with the same seed would start from
     /// different weights). Constant-initialised variables (norm scales, biases,
     /// BatchNorm statistics) are left as they are. Embedding tables and SAM's
-    /// Gaussian positional-encoding matrix get N(0, 1) (as in SAM); other random
-    /// matrices and kernels Kaiming-normal N(0, 2/fan_in); random vectors
-    /// (biases candle initialises uniformly) zero.
+    /// Gaussian positional-encoding matrix ([`is_embedding_table`]) get N(0, 1)
+    /// (as in SAM); other random matrices and kernels Kaiming-normal
+    /// N(0, 2/fan_in); random vectors (biases candle initialises uniformly) zero.
     pub fn reseed(&self, seed: u64) -> Result<(), DistillError> {
         use rand_distr::{Distribution, StandardNormal};
         let data =
@@ -241,10 +249,7 @@ impl Student {
                 continue; // constant initialisation
             }
             let dims = var.dims();
-            let table = name.ends_with("positional_encoding_gaussian_matrix")
-                || name.contains("embed")
-                || name.contains("token");
-            let sd = if table {
+            let sd = if is_embedding_table(name) {
                 1.0
             } else if dims.len() >= 2 {
                 let fan_in: usize = dims[1..].iter().product();
@@ -267,6 +272,28 @@ impl Student {
                 .collect();
             let t = Tensor::from_vec(fresh, var.shape(), &Device::Cpu).map_err(cerr)?;
             var.set(&t).map_err(cerr)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the prompt encoder and mask decoder with freshly drawn ones (the
+    /// initialisation of [`Self::reseed`] with `seed`), keeping the image encoder
+    /// and the adapter: stage 2 from an encoder whose decoder should not be kept.
+    pub fn redraw_decoder(&self, seed: u64) -> Result<(), DistillError> {
+        let teacher_channels = self.adapter.weight().dim(0).map_err(cerr)?;
+        let fresh = Student::new(self.model.config(), teacher_channels)?;
+        fresh.reseed(seed)?;
+        let poisoned = || DistillError::Train("variable map poisoned by an earlier panic".into());
+        let src = fresh.vars.data().lock().map_err(|_| poisoned())?;
+        let dst = self.vars.data().lock().map_err(|_| poisoned())?;
+        for (name, var) in dst.iter() {
+            if !is_decoder_variable(name) {
+                continue;
+            }
+            let from = src
+                .get(name)
+                .ok_or_else(|| DistillError::Train(format!("fresh student lacks {name}")))?;
+            var.set(from.as_tensor()).map_err(cerr)?;
         }
         Ok(())
     }
@@ -303,6 +330,16 @@ impl Student {
     /// The variables a stage trains: BatchNorm statistics are buffers, never
     /// trained; stage 1 trains only the encoder and the adapter.
     pub fn trainable(&self, stage: Stage) -> Result<Vec<(String, Var)>, DistillError> {
+        self.trainable_with(stage, false)
+    }
+
+    /// [`Self::trainable`]; with `freeze_encoder`, stage 2 trains only the prompt
+    /// encoder and the mask decoder.
+    pub fn trainable_with(
+        &self,
+        stage: Stage,
+        freeze_encoder: bool,
+    ) -> Result<Vec<(String, Var)>, DistillError> {
         let data =
             self.vars.data().lock().map_err(|_| {
                 DistillError::Train("variable map poisoned by an earlier panic".into())
@@ -320,7 +357,7 @@ impl Student {
                 Stage::Embedding => {
                     n.starts_with("image_encoder.") || n.starts_with(ADAPTER_PREFIX)
                 }
-                Stage::Prompted => true,
+                Stage::Prompted => !freeze_encoder || is_decoder_variable(n),
             })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
@@ -334,6 +371,26 @@ impl Student {
         self.vars.save(&tmp).map_err(|e| ferr(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| ferr(path, e))
     }
+}
+
+/// Whether `name` is an embedding table (drawn N(0, 1) as in SAM): the mask and
+/// IoU tokens, the prompt encoder's point and no-mask embeddings, and SAM's
+/// Gaussian positional-encoding matrix. Names that merely contain `token` or
+/// `embed` (the decoder's `cross_attn_token_to_image` projections, the
+/// encoder's `patch_embed` convolutions) are ordinary layers and get Kaiming.
+pub fn is_embedding_table(name: &str) -> bool {
+    name.ends_with("positional_encoding_gaussian_matrix")
+        || name == "mask_decoder.iou_token.weight"
+        || name == "mask_decoder.mask_tokens.weight"
+        || (name.starts_with("prompt_encoder.")
+            && (name.contains(".point_embeddings.")
+                || name.contains(".not_a_point_embed.")
+                || name.contains(".no_mask_embed.")))
+}
+
+/// Whether `name` belongs to the prompt encoder or the mask decoder.
+pub fn is_decoder_variable(name: &str) -> bool {
+    name.starts_with("prompt_encoder.") || name.starts_with("mask_decoder.")
 }
 
 /// A batch assembled from cache records.
@@ -429,19 +486,24 @@ pub fn dice_loss(p: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
     dice.mean_all()?.affine(-1.0, 1.0)
 }
 
-/// The losses of one batch: `(total, embedding, teacher, ground truth)`.
+/// The losses of one batch: `(total, embedding, teacher, ground truth)`. With
+/// `freeze_encoder` (stage 2) the embedding is detached and its loss, still
+/// reported, is left out of the total.
 pub fn losses(
     student: &Student,
     batch: &Batch,
     stage: Stage,
     w: &LossWeights,
     norm: &EmbeddingNorm,
+    freeze_encoder: bool,
 ) -> Result<(Tensor, [f32; 3]), DistillError> {
     let run = || -> candle_core::Result<(Tensor, [f32; 3])> {
         let emb = student
             .model
             .encode(&batch.images)
             .map_err(|e| candle_core::Error::Msg(format!("student encoder: {e}")))?;
+        let frozen = freeze_encoder && stage == Stage::Prompted;
+        let emb = if frozen { emb.detach() } else { emb };
         let (_, _, e, _) = emb.dims4()?;
         let (_, _, th, _) = batch.embeddings.dims4()?;
         let target = if th == e {
@@ -464,8 +526,12 @@ pub fn losses(
                     + dice_loss(&sigmoid(&logits)?, &batch.masks)?)?;
                 let lt = l_t.to_scalar::<f32>()?;
                 let lg = l_g.to_scalar::<f32>()?;
-                let total =
-                    (((l_emb * w.embedding)? + (l_t * w.teacher)?)? + (l_g * w.ground_truth)?)?;
+                let masks = ((l_t * w.teacher)? + (l_g * w.ground_truth)?)?;
+                let total = if frozen {
+                    masks
+                } else {
+                    ((l_emb * w.embedding)? + masks)?
+                };
                 Ok((total, [le, lt, lg]))
             }
         }
@@ -660,7 +726,12 @@ pub fn train(
         st
     } else {
         match init {
-            Some(p) => student.load(p)?,
+            Some(p) => {
+                student.load(p)?;
+                if cfg.fresh_decoder {
+                    student.redraw_decoder(cfg.seed)?;
+                }
+            }
             None => student.reseed(cfg.seed)?,
         }
         TrainState {
@@ -685,7 +756,7 @@ pub fn train(
     }
     let steps_per_epoch = records.len().div_ceil(cfg.batch);
     let total = (steps_per_epoch * cfg.epochs).min(cfg.max_steps.unwrap_or(usize::MAX));
-    let trainable = student.trainable(cfg.stage)?;
+    let trainable = student.trainable_with(cfg.stage, cfg.freeze_encoder)?;
     let mut opt = candle_nn::AdamW::new(
         trainable.iter().map(|(_, v)| v.clone()).collect(),
         candle_nn::ParamsAdamW {
@@ -731,7 +802,14 @@ pub fn train(
         let batch = make_batch(cache, &idx, cfg.augment, &mut brng)?;
         let lr = learning_rate(cfg, state.step, total);
         opt.set_learning_rate(lr);
-        let (loss, parts) = losses(&student, &batch, cfg.stage, &cfg.loss_weights, &norm)?;
+        let (loss, parts) = losses(
+            &student,
+            &batch,
+            cfg.stage,
+            &cfg.loss_weights,
+            &norm,
+            cfg.freeze_encoder,
+        )?;
         let total_loss = loss.to_scalar::<f32>().map_err(cerr)?;
         if !total_loss.is_finite() {
             return Err(DistillError::Train(format!(
@@ -859,6 +937,108 @@ mod tests {
         assert!(ln.1.iter().all(|&x| x == 1.0));
     }
 
+    fn rms(v: &[f32]) -> f64 {
+        (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    /// The student (edge-s preset) after `reseed`: name → (shape, values).
+    fn reseeded_edge_s() -> (Student, Vec<(String, Vec<usize>, Vec<f32>)>) {
+        let s = Student::new(&LiteMedSamConfig::edge_s(), 256).unwrap();
+        s.reseed(3).unwrap();
+        let v = {
+            let data = s.vars.data().lock().unwrap();
+            let mut v: Vec<_> = data
+                .iter()
+                .map(|(k, t)| {
+                    (
+                        k.clone(),
+                        t.dims().to_vec(),
+                        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    )
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        (s, v)
+    }
+
+    #[test]
+    fn reseed_gives_kaiming_scale_to_layers_and_unit_scale_to_embedding_tables() {
+        let (_, vars) = reseeded_edge_s();
+        let mut checked = (0, 0);
+        for (name, dims, v) in &vars {
+            if dims.len() < 2 || v.len() < 64 || v.windows(2).all(|w| w[0] == w[1]) {
+                continue;
+            }
+            let want = if is_embedding_table(name) {
+                checked.1 += 1;
+                1.0
+            } else {
+                checked.0 += 1;
+                (2.0 / dims[1..].iter().product::<usize>() as f64).sqrt()
+            };
+            let got = rms(v);
+            assert!(
+                (got / want - 1.0).abs() < 0.3,
+                "{name} {dims:?}: rms {got:.3}, want {want:.3}"
+            );
+        }
+        // the layers whose names contain `token` or `embed` are among the checked ones
+        for layer in [
+            "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight",
+            "mask_decoder.transformer.final_attn_token_to_image.k_proj.weight",
+            "image_encoder.patch_embed.seq.0.c.weight",
+        ] {
+            assert!(vars.iter().any(|(n, ..)| n == layer), "{layer} missing");
+            assert!(!is_embedding_table(layer), "{layer}");
+        }
+        assert!(is_embedding_table("mask_decoder.mask_tokens.weight"));
+        assert!(is_embedding_table(
+            "prompt_encoder.point_embeddings.2.weight"
+        ));
+        assert!(checked.0 > 50 && checked.1 >= 3, "{checked:?}");
+    }
+
+    #[test]
+    fn redraw_decoder_keeps_the_encoder_and_draws_the_decoder_afresh() {
+        let (s, before) = reseeded_edge_s();
+        // a "trained" student: every variable moved
+        {
+            let data = s.vars.data().lock().unwrap();
+            for var in data.values() {
+                var.set(&(var.as_tensor() + 0.5).unwrap()).unwrap();
+            }
+        }
+        s.redraw_decoder(3).unwrap();
+        let data = s.vars.data().lock().unwrap();
+        for (name, _, v0) in &before {
+            let now = data[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            if is_decoder_variable(name) {
+                assert_eq!(&now, v0, "{name} was not redrawn");
+            } else {
+                assert!(
+                    now.iter().zip(v0).all(|(a, b)| *a == b + 0.5),
+                    "{name} changed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_encoder_leaves_only_the_decoder_trainable() {
+        let s = Student::new(&LiteMedSamConfig::tiny_student(), 16).unwrap();
+        let all = s.trainable_with(Stage::Prompted, false).unwrap();
+        let frozen = s.trainable_with(Stage::Prompted, true).unwrap();
+        assert!(all.iter().any(|(n, _)| n.starts_with("image_encoder.")));
+        assert!(!frozen.is_empty() && frozen.len() < all.len());
+        assert!(frozen.iter().all(|(n, _)| is_decoder_variable(n)));
+        assert_eq!(
+            frozen.len(),
+            all.iter().filter(|(n, _)| is_decoder_variable(n)).count()
+        );
+    }
+
     #[test]
     fn dice_loss_is_zero_for_a_perfect_mask() {
         let t = Tensor::new(&[[1.0f32, 0.0, 1.0, 1.0]], &Device::Cpu).unwrap();
@@ -886,6 +1066,8 @@ mod tests {
             loss_weights: LossWeights::default(),
             embedding_target: EmbeddingTarget::Standardized,
             checkpoint_every: 1,
+            fresh_decoder: false,
+            freeze_encoder: false,
         };
         assert!((learning_rate(&cfg, 0, 100) - 0.1).abs() < 1e-12);
         assert!((learning_rate(&cfg, 9, 100) - 1.0).abs() < 1e-12);
