@@ -941,8 +941,11 @@ mod tests {
         (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
     }
 
-    /// The student (edge-s preset) after `reseed`: name → (shape, values).
-    fn reseeded_edge_s() -> (Student, Vec<(String, Vec<usize>, Vec<f32>)>) {
+    /// A variable's name, shape and values.
+    type NamedValues = (String, Vec<usize>, Vec<f32>);
+
+    /// The student (edge-s preset) after `reseed`, with its variables by name.
+    fn reseeded_edge_s() -> (Student, Vec<NamedValues>) {
         let s = Student::new(&LiteMedSamConfig::edge_s(), 256).unwrap();
         s.reseed(3).unwrap();
         let v = {
